@@ -1,0 +1,16 @@
+"""Distillers, registered by name; importing `kd` registers them all.
+
+Each method is one file: a `Distiller` subclass decorated with `@DISTILLERS.register(name)` and,
+for its core, a pure loss function that tests and external checks call directly.
+"""
+
+from utility.registry import Registry
+
+DISTILLERS = Registry("distiller")
+
+from kd.base import Distiller, Step, build_distiller  # noqa: E402
+
+import kd.none  # noqa: E402,F401
+import kd.kd  # noqa: E402,F401
+
+__all__ = ["DISTILLERS", "Distiller", "Step", "build_distiller"]

@@ -1,0 +1,181 @@
+"""`Distiller`: the student, the frozen teacher and the method's trainable extras in one module.
+
+`forward(batch) -> (student_output, losses)`: the base class runs the student (and the teacher,
+frozen, in eval mode and without gradients) once, wraps everything in a `Step`, and asks the
+method for its loss terms. A method therefore only writes `setup` (build its extras from the
+feature shapes) and `distill_losses` (named, already-weighted scalars). Several methods combine
+with `DISTILL.TYPE: "dct+kd"`: the first owns the networks, the others are built as companions
+that contribute terms from the same `Step`, so features are computed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.features import Features
+from models.network import Network
+from utility.errors import ConfigError
+
+
+@dataclass
+class Step:
+    """Everything one training step's loss terms may read."""
+
+    batch: dict[str, Any]
+    student: Features  # student features (student.out = embedding or logits)
+    logits_s: Tensor  # student class logits (head output with margin at the label, or backbone logits)
+    teacher: Features | None = None  # teacher features, computed without gradients
+    logits_t: Tensor | None = None  # teacher class logits (no gradient), when the teacher has them
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific extras (partner views, ...)
+
+    @property
+    def labels(self) -> Tensor:
+        return self.batch["label"]
+
+
+@dataclass
+class Probe:
+    """Shapes of one forward pass, so methods can size connectors and embeddings at build time."""
+
+    student: Features
+    teacher: Features | None
+    num_classes: int
+
+
+class FrozenTeacher(nn.Module):
+    """The teacher network: always in eval mode, never trained, never in the optimiser."""
+
+    def __init__(self, network: Network) -> None:
+        super().__init__()
+        self.network = network
+        for parameter in self.network.parameters():
+            parameter.requires_grad_(False)
+        self.network.eval()
+
+    def train(self, mode: bool = True) -> FrozenTeacher:  # noqa: ARG002 - the teacher stays in eval
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Features, Tensor | None]:
+        features = self.network.forward_features(x)
+        logits = features.out if self.network.head is None else self.network.head(features.out, labels)
+        return features, logits
+
+
+class Distiller(nn.Module):
+    """Base class; `none` (plain training) is this class with no distillation terms."""
+
+    #: whether the method needs the teacher at all (plain training does not)
+    uses_teacher: bool = True
+
+    def __init__(self, cfg: Any, student: Network, teacher: Network | None = None,
+                 num_classes: int = 0, companions: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.ce_weight = float(cfg.DISTILL.CE_WEIGHT)
+        self.student = student
+        needs_teacher = self.uses_teacher or any(_registry().get(n).uses_teacher for n in companions)
+        if needs_teacher and teacher is None:
+            raise ConfigError(
+                f"DISTILL.TYPE '{cfg.DISTILL.TYPE}' needs a teacher: set TEACHER.BACKBONE and "
+                "TEACHER.CHECKPOINT"
+            )
+        self.teacher = FrozenTeacher(teacher) if (teacher is not None and needs_teacher) else None
+        probe = self._probe()
+        self.setup(cfg, probe)
+        self.companions = nn.ModuleList(_registry().get(n).companion(cfg, probe) for n in companions)
+
+    # -- what a method overrides ---------------------------------------------------------------
+    def setup(self, cfg: Any, probe: Probe) -> None:
+        """Build the method's trainable extras (connectors, embeddings, memory banks, centres)."""
+
+    def distill_losses(self, step: Step) -> dict[str, Tensor]:
+        """Named, already-weighted distillation terms for this step."""
+        return {}
+
+    def classification_losses(self, step: Step) -> dict[str, Tensor]:
+        """The student's own supervised term: cross-entropy on its logits, weighted by CE_WEIGHT."""
+        if self.ce_weight == 0:
+            return {}
+        return {"ce": self.ce_weight * F.cross_entropy(step.logits_s.float(), step.labels)}
+
+    # -- shared machinery ----------------------------------------------------------------------
+    @classmethod
+    def companion(cls, cfg: Any, probe: Probe) -> Distiller:
+        """This method's terms without owning any network, to be added to another distiller."""
+        obj = cls.__new__(cls)
+        nn.Module.__init__(obj)
+        obj.cfg = cfg
+        obj.num_classes = probe.num_classes
+        obj.setup(cfg, probe)
+        return obj
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.train(False)
+        return self
+
+    def student_step(self, batch: dict[str, Any]) -> Step:
+        """Run the student (and the teacher if present) on one batch."""
+        features = self.student.forward_features(batch["image"])
+        logits = self.student.logits(features.out, batch.get("label"))
+        step = Step(batch=batch, student=features, logits_s=logits)
+        if self.teacher is not None:
+            step.teacher, step.logits_t = self.teacher(batch.get("image_teacher", batch["image"]),
+                                                       batch.get("label"))
+        return step
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        step = self.student_step(batch)
+        losses = self.classification_losses(step)
+        losses.update(self.distill_losses(step))
+        for companion in self.companions:
+            for name, value in companion.distill_losses(step).items():
+                if name in losses:
+                    raise ConfigError(f"DISTILL.TYPE '{self.cfg.DISTILL.TYPE}': two methods both name a loss '{name}'")
+                losses[name] = value
+        return step.student.out, losses
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """What the optimiser updates: everything with requires_grad outside the teacher."""
+        teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
+        return (p for p in self.parameters() if p.requires_grad and id(p) not in teacher_ids)
+
+    @torch.no_grad()
+    def _probe(self) -> Probe:
+        """One tiny eval-mode forward to learn feature shapes; BN statistics are left untouched."""
+        size = int(self.cfg.DATA.IMAGE_SIZE)
+        device = next(self.student.parameters()).device
+        x = torch.zeros(2, 3, size, size, device=device)
+        was_training = self.student.training
+        self.student.eval()
+        student = self.student.forward_features(x)
+        self.student.train(was_training)
+        teacher = self.teacher(x)[0] if self.teacher is not None else None
+        return Probe(student=student, teacher=teacher, num_classes=self.num_classes)
+
+
+def _registry():
+    from kd import DISTILLERS
+
+    return DISTILLERS
+
+
+def build_distiller(cfg: Any, student: Network, teacher: Network | None, num_classes: int) -> Distiller:
+    """The distiller DISTILL.TYPE names ("a+b" adds b's terms to a's)."""
+    names = [n.strip() for n in str(cfg.DISTILL.TYPE).split("+") if n.strip()]
+    if not names:
+        raise ConfigError("DISTILL.TYPE is empty; use 'none' for plain training")
+    registry = _registry()
+    for name in names:
+        registry.get(name)
+    return registry.build(names[0], cfg, student, teacher, num_classes=num_classes,
+                          companions=tuple(names[1:]))

@@ -1,0 +1,1 @@
+"""cifar backbones (registered on import)."""

@@ -1,0 +1,1 @@
+"""face backbones (registered on import)."""

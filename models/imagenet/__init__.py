@@ -1,0 +1,1 @@
+"""imagenet backbones (registered on import)."""

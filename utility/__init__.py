@@ -1,0 +1,1 @@
+"""Small shared helpers: configuration, registries, errors, seeding, logging."""
