@@ -12,5 +12,6 @@ from kd.base import Distiller, Step, build_distiller  # noqa: E402
 
 import kd.none  # noqa: E402,F401
 import kd.kd  # noqa: E402,F401
+from kd import askd, at, crd, dct  # noqa: E402,F401  (classification distillers)
 
 __all__ = ["DISTILLERS", "Distiller", "Step", "build_distiller"]

@@ -49,6 +49,7 @@ _C.DATA.ON_DEVICE = False  # keep the whole (small) training set on the device a
 _C.DATA.WORKERS = 2  # DataLoader worker processes (each opens its own file handles)
 _C.DATA.PIN_MEMORY = True  # pinned host memory for faster copies to CUDA
 _C.DATA.CRD_NEGATIVES = 0  # >0: the dataset returns this many class-aware negative indices (CRD)
+_C.DATA.CRD_POOL = "class"  # CRD negatives from all other-class samples, or "dct_first_n" (DCT scene quirk)
 _C.DATA.PARTNER = ""  # F-SKD partner view: "" none, "shuffle" (in batch), "table" (same identity)
 _C.DATA.PARTNER_TABLE = ""  # partner table written by `python -m kd.f_skd partners`
 _C.DATA.LOWRES = CN()
@@ -112,6 +113,7 @@ _C.DISTILL.KD.WEIGHT = 1.0  # weight of the KL term
 _C.DISTILL.AT = CN()
 _C.DISTILL.AT.WEIGHT = 1000.0  # beta (RepDistiller 1000)
 _C.DISTILL.AT.P = 2  # power of the activation map
+_C.DISTILL.AT.STAGES = []  # stage indices to distil (Features.stages); [] = all, paired from the first
 
 _C.DISTILL.CRD = CN()
 _C.DISTILL.CRD.WEIGHT = 0.8  # beta (RepDistiller 0.8)
@@ -119,13 +121,16 @@ _C.DISTILL.CRD.FEAT_DIM = 128  # embedding size of both heads
 _C.DISTILL.CRD.NCE_K = 16384  # negatives per sample
 _C.DISTILL.CRD.NCE_T = 0.07  # temperature
 _C.DISTILL.CRD.NCE_M = 0.5  # memory-bank momentum
+_C.DISTILL.CRD.N_DATA = 0  # memory-bank rows = training-set size; 0 = the engine fills it from the dataset
 
 _C.DISTILL.DCT = CN()
 _C.DISTILL.DCT.WEIGHT = 1.0  # weight of the DCT-attention term
 _C.DISTILL.DCT.TRANSFORM = "dft_real"  # "dft_real" (what the reference computes) or "dct2" (extension)
-_C.DISTILL.DCT.TEACHER_CORRECT = False  # PRED_GUIDE: zero the term where the teacher is wrong
+_C.DISTILL.DCT.TEACHER_CORRECT = True  # PRED_GUIDE (reference default on): zero the term where the teacher is wrong
+_C.DISTILL.DCT.EPS = 0.0  # added to the min-max denominators; 0 = as the reference (a constant map gives NaN)
 
 _C.DISTILL.ASKD = CN()
+_C.DISTILL.ASKD.WEIGHT = 1.0  # beta on w_rs*RS + w_cs*CS (every released config: 1)
 _C.DISTILL.ASKD.R = 2  # region side for the regional similarity
 _C.DISTILL.ASKD.W_RS = 5.0  # regional-similarity weight
 _C.DISTILL.ASKD.W_CS = 14.0  # class-similarity weight
@@ -181,6 +186,8 @@ _C.SOLVER.CHANNELS_LAST = False  # channels_last memory format
 _C.SOLVER.FUSED = False  # fused optimizer kernels (CUDA)
 _C.SOLVER.CHECKPOINT_PERIOD = 1000  # write last.pt every N iterations (and at the end)
 _C.SOLVER.SYNC_BN = False  # convert student BN to SyncBatchNorm under DDP
+_C.SOLVER.PARTIAL_FC = False  # face margin head as Partial FC: class centres sharded over ranks, distributed softmax
+_C.SOLVER.SAMPLE_RATE = 1.0  # Partial FC: fraction of each rank's centres used per step (positives always kept)
 
 # ---------------------------------------------------------------------------------------------
 _C.LOG = CN()
