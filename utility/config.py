@@ -60,6 +60,7 @@ _C.DATA.LOWRES.UP = "nearest"  # same choices, for upsampling back to IMAGE_SIZE
 _C.DATA.LOWRES.RANDOM_CHOICES = ["nearest", "bilinear", "bicubic", "area"]  # pool for "random"
 _C.DATA.LOWRES.BLUR_SIGMA = []  # [sigma_x, sigma_y] of a 5x5 Gaussian after upsampling; [] = none
 _C.DATA.LOWRES.BACKEND = "device"  # "device" (batched torch) or "opencv" (per sample in workers, exact F-SKD)
+_C.DATA.LOWRES.FLIP_FIRST = False  # True: flip HR, then degrade (A-SKD); False: degrade, then flip both (F-SKD)
 
 # ---------------------------------------------------------------------------------------------
 _C.EVAL = CN()
