@@ -98,7 +98,7 @@ _MODEL.CHECKPOINT = ""  # weights to load: a Distillery checkpoint or a publishe
 _MODEL.CHECKPOINT_SOURCE = "auto"  # key layout of CHECKPOINT: auto | distillery | a_skd | f_skd | ...
 _MODEL.HEAD_CHECKPOINT = ""  # separate margin-head weights (published heads are separate files)
 _MODEL.PRETRAINED = ""  # initial backbone weights (e.g. torchvision ImageNet file), then trained
-_MODEL.CHANNELS = 0  # reserved for width overrides; 0 = the architecture's own
+_MODEL.WIDTH = 64  # face iResNet base width (64 = the published networks; smaller for quick demos)
 _C.TEACHER = _MODEL.clone()
 _C.STUDENT = _MODEL.clone()
 
@@ -146,6 +146,9 @@ _C.DISTILL.F_SKD.POINT_WEIGHT = 20.0  # weight of the point (feature-similarity)
 _C.DISTILL.F_SKD.CROSS_WEIGHT = 4.0  # weight of the cross-sample relational term; 0 = off
 _C.DISTILL.F_SKD.LOGIT_WEIGHT = 0.0  # weight of the optional logit (HKD) term; 0 = off
 _C.DISTILL.F_SKD.LOGIT_TEMPERATURE = 4.0  # temperature of the logit term
+_C.DISTILL.F_SKD.LOGIT_TEACHER_HEAD = False  # teacher logits from its own head (False: student margin with teacher weights, quirk #16)
+_C.DISTILL.F_SKD.REQUIRE_HINTS = True  # the student must have hint layers (False: FSKD-v1, raw stages)
+_C.DISTILL.F_SKD.PARTNER_MARGIN = 0.0  # partner table: same-identity samples with teacher cosine > this (< -2: any sample)
 
 _C.DISTILL.ADADISTILL = CN()
 _C.DISTILL.ADADISTILL.MARGIN = "arcface"  # margin inside the centre head: arcface | cosface
@@ -160,6 +163,7 @@ _C.DISTILL.RKD = CN()
 _C.DISTILL.RKD.WEIGHT = 40.0  # overall weight (F-SKD table)
 _C.DISTILL.RKD.W_DIST = 25.0  # distance term weight
 _C.DISTILL.RKD.W_ANGLE = 50.0  # angle term weight
+_C.DISTILL.RKD.FEATURE = "out"  # vectors compared: "out" (face embedding, F-SKD) or "pooled" (penultimate, RepDistiller)
 
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()

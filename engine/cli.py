@@ -1,0 +1,35 @@
+"""Shared plumbing of the command-line entry points: arguments, config, user-error handling.
+
+A `DistilleryError` (bad config, missing file, corrupt data, mismatched checkpoint) is printed as
+one line on stderr and exits with status 2; anything else keeps its traceback because it is a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from utility.errors import DistilleryError
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="experiment YAML (may inherit with _BASE_)")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="KEY VALUE pairs overriding the config, e.g. SOLVER.LR 0.05")
+    return parser
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Call `main`, turning user errors into one line and exit status 2."""
+    try:
+        return main(argv)
+    except DistilleryError as exc:
+        logging.getLogger("distillery").debug("user error", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,147 @@
+"""What the CLIs do: load the config, set up logging and devices, then train, dry-run or test."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine import distributed as dist
+from engine.checkpoint import FORMAT, load_checkpoint, load_network_weights, load_strict, network_state_from_checkpoint
+from engine.evaluate import evaluate
+from engine.results import format_table, write_results
+from models import build_network
+from models.network import Network
+from utility.config import load_config
+from utility.errors import CheckpointError, ConfigError
+from utility.logging import setup_logging
+
+log = logging.getLogger("distillery")
+
+
+def run_training(config: str, overrides: Sequence[str], role: str, resume: bool = False,
+                 dry_run: bool = False) -> int:
+    """Train (or dry-run) the teacher or the student a config describes."""
+    cfg = load_config(config, list(overrides))
+    env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
+    try:
+        setup_logging(None if dry_run else cfg.EXPERIMENT.OUTPUT_DIR, env.rank)
+        from engine.trainer import Trainer
+
+        trainer = Trainer(cfg, role=role, resume=resume and not dry_run, env=env)
+        if dry_run:
+            print(dry_run_report(trainer))
+            return 0
+        summary = trainer.train()
+        if env.is_main and summary.get("last") is not None:
+            print(format_table(summary))
+        return 0
+    finally:
+        dist.cleanup()
+
+
+def count_parameters(module: torch.nn.Module | None) -> tuple[int, int]:
+    """(all, trainable) parameter counts."""
+    if module is None:
+        return 0, 0
+    params = list(module.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def flops_per_image(network: torch.nn.Module, image_size: int, device: torch.device) -> int:
+    """Forward FLOPs of one image by torch's flop counter (2 per multiply-accumulate)."""
+    was_training = network.training
+    network.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(torch.zeros(1, 3, image_size, image_size, device=device))
+    network.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def dry_run_report(trainer: Any) -> str:
+    """One forward/backward on one batch, then sizes, FLOPs and the resolved config."""
+    batch = next(iter(trainer.loader))
+    total, terms = trainer.train_step(batch)
+    if not torch.isfinite(total):
+        raise ConfigError(f"dry run: the first step's loss is not finite ({ {k: float(v) for k, v in terms.items()} })")
+    distiller = trainer.distiller
+    size = int(trainer.cfg.DATA.IMAGE_SIZE)
+    student_all, student_train = count_parameters(distiller.student)
+    teacher_all, _ = count_parameters(distiller.teacher)
+    extras = sum(p.numel() for p in distiller.trainable_parameters()) - student_train
+    lines = [
+        f"dry run ({trainer.role}) on {trainer.device}: one step, loss {float(total):.4f} "
+        + " ".join(f"{k}={float(v):.4f}" for k, v in terms.items()),
+        f"training set: {len(trainer.dataset)} images, {trainer.num_classes} classes; "
+        f"{trainer.plan.total_iters} iterations of batch {trainer.plan.global_batch}",
+        f"trained network: {student_all:,} parameters ({student_train:,} trainable), "
+        f"{flops_per_image(distiller.student, size, trainer.device) / 1e9:.3f} GFLOPs/image",
+    ]
+    if distiller.teacher is not None:
+        teacher_flops = flops_per_image(distiller.teacher.network, size, trainer.device)
+        lines.append(f"teacher: {teacher_all:,} parameters (frozen), {teacher_flops / 1e9:.3f} GFLOPs/image")
+    lines.append(f"method extras: {extras:,} trainable parameters")
+    lines.append("resolved config:")
+    lines.append(trainer.cfg.dump())
+    return "\n".join(lines)
+
+
+def _num_classes_for_test(cfg: Any, state: dict[str, torch.Tensor] | None, checkpoint: dict | None) -> int:
+    if cfg.DATA.NUM_CLASSES > 0:
+        return int(cfg.DATA.NUM_CLASSES)
+    if checkpoint is not None and checkpoint.get("num_classes"):
+        return int(checkpoint["num_classes"])
+    if cfg.EXPERIMENT.TASK == "face":
+        return 1  # the backbone alone is evaluated; no head is built
+    raise ConfigError("set DATA.NUM_CLASSES to evaluate this classification checkpoint")
+
+
+def load_for_test(cfg: Any, node: Any, path: str | Path, device: torch.device) -> Network:
+    """A head-less network (backbone only) with weights from a Distillery or published checkpoint."""
+    path = Path(path)
+    raw = load_checkpoint(path)
+    is_ours = isinstance(raw, dict) and raw.get("format") == FORMAT
+    num_classes = _num_classes_for_test(cfg, None, raw if is_ours else None)
+    network = Network(build_network(node, num_classes).backbone, None)
+    if is_ours:
+        state = {k: v for k, v in network_state_from_checkpoint(raw).items() if not k.startswith("head.")}
+        load_strict(network, state, str(path))
+    else:
+        load_network_weights(network, path, node.CHECKPOINT_SOURCE)
+    return network.to(device).eval()
+
+
+def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teacher: bool = False,
+             output: str = "") -> int:
+    """Evaluate checkpoints and write results.json / results.md."""
+    cfg = load_config(config, list(overrides))
+    env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
+    setup_logging(None, env.rank)
+    node = cfg.TEACHER if teacher else cfg.STUDENT
+    run_dir = Path(cfg.EXPERIMENT.OUTPUT_DIR)
+    if checkpoint:
+        targets = {"last": Path(checkpoint)}
+    elif teacher:
+        if not cfg.TEACHER.CHECKPOINT:
+            raise ConfigError("--teacher: set TEACHER.CHECKPOINT or pass --checkpoint")
+        targets = {"last": Path(cfg.TEACHER.CHECKPOINT)}
+    else:
+        targets = {name: run_dir / f"{name}.pt" for name in ("last", "best") if (run_dir / f"{name}.pt").is_file()}
+        if not targets:
+            raise CheckpointError(f"no checkpoint in {run_dir} (last.pt / best.pt); train first or pass --checkpoint")
+    out_dir = Path(output) if output else (Path(targets["last"]).parent if teacher else run_dir)
+    summary: dict[str, Any] = {}
+    for name, path in targets.items():
+        network = load_for_test(cfg, node, path, env.device)
+        with torch.no_grad():
+            summary[name] = evaluate(cfg, network, env.device, output_dir=out_dir)
+        summary[name]["checkpoint"] = str(path)
+    summary.setdefault("best", summary["last"])
+    write_results(summary, out_dir)
+    print(format_table(summary))
+    dist.cleanup()
+    return 0

@@ -1,0 +1,382 @@
+"""One training loop for teachers and students.
+
+Iteration-based (epochs convert to iterations), with the data order, the device-side augmentation
+and every RNG a pure function of (seed, iteration), so `--resume` continues exactly where a killed
+run stopped. The loop knows nothing about methods: the distiller returns named loss terms and the
+trainer sums, logs and optimises them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data.loader import build_dataset, build_train_loader, to_device
+from data.transforms import TrainTransform
+from engine import distributed as dist
+from engine.checkpoint import (
+    load_checkpoint,
+    load_network_weights,
+    load_strict,
+    pack_rng,
+    save_checkpoint,
+    unpack_rng,
+)
+from engine.evaluate import evaluate
+from engine.optim import build_optimizer, build_scheduler, scaled_lr
+from engine.pretrained import load_pretrained_backbone
+from engine.results import write_results
+from engine.run_info import write_run_files
+from kd import build_distiller
+from kd.base import Distiller
+from models import build_network
+from models.network import Network
+from utility.errors import CheckpointError, ConfigError, DistilleryError
+from utility.seed import rng_state, seed_everything, set_rng_state, worker_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """Lengths derived from the config and the data."""
+
+    iters_per_epoch: int
+    total_iters: int
+    global_batch: int
+    batch_per_rank: int
+
+
+def _precision_dtype(cfg: Any, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA when asked or on `auto`; fp32 (no autocast) otherwise."""
+    precision = cfg.SOLVER.PRECISION
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def build_networks(cfg: Any, role: str, num_classes: int, uses_teacher: bool) -> tuple[Network, Network | None]:
+    """The trained network (TEACHER node for role 'teacher', STUDENT otherwise) and the frozen teacher."""
+    trained_node = cfg.TEACHER if role == "teacher" else cfg.STUDENT
+    if not trained_node.BACKBONE:
+        raise ConfigError(f"{'TEACHER' if role == 'teacher' else 'STUDENT'}.BACKBONE is empty; name a backbone")
+    trained = build_network(trained_node, num_classes)
+    if trained_node.PRETRAINED:
+        load_pretrained_backbone(trained.backbone, trained_node.PRETRAINED, trained_node.CHECKPOINT_SOURCE)
+    if trained_node.CHECKPOINT:
+        load_network_weights(trained, trained_node.CHECKPOINT, trained_node.CHECKPOINT_SOURCE,
+                             trained_node.HEAD_CHECKPOINT or None)
+    teacher = None
+    if role == "student" and uses_teacher:
+        if not cfg.TEACHER.BACKBONE or not cfg.TEACHER.CHECKPOINT:
+            raise ConfigError(
+                f"DISTILL.TYPE '{cfg.DISTILL.TYPE}' distils from a teacher: set TEACHER.BACKBONE and "
+                "TEACHER.CHECKPOINT (train one with train_teacher.py)"
+            )
+        teacher = build_network(cfg.TEACHER, num_classes)
+        load_network_weights(teacher, cfg.TEACHER.CHECKPOINT, cfg.TEACHER.CHECKPOINT_SOURCE,
+                             cfg.TEACHER.HEAD_CHECKPOINT or None)
+    return trained, teacher
+
+
+def _method_uses_teacher(cfg: Any) -> bool:
+    from kd import DISTILLERS
+
+    return any(DISTILLERS.get(n.strip()).uses_teacher for n in cfg.DISTILL.TYPE.split("+") if n.strip())
+
+
+def _fill_data_dependent_keys(cfg: Any, dataset: Any) -> Any:
+    """Keys whose value comes from the data (CRD's memory size and negatives)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if "crd" in cfg.DISTILL.TYPE.split("+"):
+        if "N_DATA" in cfg.DISTILL.CRD and cfg.DISTILL.CRD.N_DATA <= 0:
+            cfg.DISTILL.CRD.N_DATA = len(dataset)
+        if cfg.DATA.CRD_NEGATIVES <= 0:
+            cfg.DATA.CRD_NEGATIVES = cfg.DISTILL.CRD.NCE_K
+    cfg.freeze()
+    return cfg
+
+
+class Trainer:
+    """Builds data, networks, distiller and optimiser from a config, then trains."""
+
+    def __init__(self, cfg: Any, role: str = "student", resume: bool = False,
+                 env: dist.DistEnv | None = None) -> None:
+        if role not in ("teacher", "student"):
+            raise ValueError(f"role must be teacher or student, not {role!r}")
+        if role == "teacher" and cfg.DISTILL.TYPE != "none":
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.DISTILL.TYPE = "none"  # a teacher trains on labels alone
+            cfg.freeze()
+        self.role = role
+        self.resume = resume
+        self.env = env or dist.init_distributed(cfg.EXPERIMENT.DEVICE)
+        self.device = self.env.device
+        self.output_dir = Path(cfg.EXPERIMENT.OUTPUT_DIR)
+        seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
+
+        self.dataset = build_dataset(cfg, split="train")
+        self.cfg = cfg = _fill_data_dependent_keys(cfg, self.dataset)
+        self.num_classes = int(cfg.DATA.NUM_CLASSES or self.dataset.num_classes)
+        self.plan = self._plan(len(self.dataset))
+        self.loader = build_train_loader(cfg, self.dataset, self.plan.batch_per_rank, cfg.EXPERIMENT.SEED,
+                                         rank=self.env.rank, world_size=self.env.world_size)
+        self.plan.iters_per_epoch = self.loader.batches_per_epoch
+        self.plan.total_iters = self._total_iters(self.loader.batches_per_epoch)
+        self.transform = TrainTransform(cfg)
+
+        student, teacher = build_networks(cfg, role, self.num_classes, _method_uses_teacher(cfg))
+        self.distiller: Distiller = build_distiller(cfg, student, teacher, self.num_classes).to(self.device)
+        if cfg.SOLVER.SYNC_BN and self.env.world_size > 1:
+            self.distiller.student = dist.convert_sync_bn(self.distiller.student)
+        if cfg.SOLVER.CHANNELS_LAST:
+            self.distiller.to(memory_format=torch.channels_last)
+        if cfg.SOLVER.COMPILE:
+            self._compile()
+        self.model = self._wrap_ddp(self.distiller)
+
+        self.base_lr = scaled_lr(cfg, self.plan.global_batch)
+        self.optimizer = build_optimizer(cfg, self.distiller.trainable_parameters(), self.base_lr, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.plan.total_iters, self.plan.iters_per_epoch,
+                                         self.base_lr)
+        self.autocast_dtype = _precision_dtype(cfg, self.device)
+        self.iteration = 0
+        self.best: dict[str, Any] = {"metric": -math.inf, "iteration": -1, "results": None}
+        self.last_results: dict[str, Any] | None = None
+        self.writer = None
+
+    # -- set-up helpers -------------------------------------------------------------------------
+    def _plan(self, num_samples: int) -> Plan:
+        world = self.env.world_size
+        batch = int(self.cfg.SOLVER.BATCH_SIZE)
+        if batch % world:
+            raise ConfigError(f"SOLVER.BATCH_SIZE {batch} is not divisible by the {world} processes")
+        if num_samples < batch // world:
+            raise ConfigError(
+                f"the training set has {num_samples} samples, fewer than one batch per process "
+                f"({batch // world}); lower SOLVER.BATCH_SIZE"
+            )
+        return Plan(iters_per_epoch=0, total_iters=0, global_batch=batch, batch_per_rank=batch // world)
+
+    def _total_iters(self, iters_per_epoch: int) -> int:
+        if self.cfg.SOLVER.MAX_ITERS > 0:
+            return int(self.cfg.SOLVER.MAX_ITERS)
+        return int(self.cfg.SOLVER.EPOCHS * iters_per_epoch)
+
+    def _compile(self) -> None:
+        """torch.compile the student's and teacher's feature passes (the hot path)."""
+        for network in (self.distiller.student, getattr(self.distiller.teacher, "network", None)):
+            if network is not None:
+                network.backbone.forward_features = torch.compile(network.backbone.forward_features)
+
+    def _wrap_ddp(self, distiller: Distiller) -> nn.Module:
+        """DDP over the distiller with the teacher's parameters and buffers ignored (never synced)."""
+        if self.env.world_size <= 1:
+            return distiller
+        if distiller.teacher is not None:
+            ignore = [f"teacher.{name}" for name, _ in distiller.teacher.named_parameters()]
+            ignore += [f"teacher.{name}" for name, _ in distiller.teacher.named_buffers()]
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(distiller, ignore)
+        return dist.wrap_ddp(distiller, self.env, broadcast_buffers=False)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.distiller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": self.iteration,
+            "rng": pack_rng(rng_state()),
+            "best": dict(self.best),
+            "role": self.role,
+            "num_classes": self.num_classes,
+            "config": self.cfg.dump(),
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.output_dir / name
+        if self.env.is_main:
+            save_checkpoint(self.checkpoint_state(), path)
+        dist.barrier()
+        return path
+
+    def load_resume_state(self) -> None:
+        path = self.output_dir / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
+        state = load_checkpoint(path, map_location=self.device)
+        load_strict(self.distiller, state["model"], str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        self.best.update(state.get("best", {}))
+        set_rng_state(unpack_rng(state["rng"]))
+        log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any] | None:
+        """Evaluate the trained network (rank 0); keep `best.pt` by the main metric."""
+        results = None
+        if self.env.is_main:
+            network = self.distiller.student
+            was_training = network.training
+            network.eval()
+            with self._autocast():
+                results = evaluate(self.cfg, network, self.device, output_dir=self.output_dir)
+            network.train(was_training)
+            results["iteration"] = self.iteration
+            self.last_results = results
+            self._log_scalars({f"eval/{k}": v for k, v in _flat_metrics(results).items()})
+            log.info("iteration %d: main metric %.4f", self.iteration, results["main"])
+        improved = dist.broadcast_object(results is not None and results["main"] > self.best["metric"])
+        if improved:
+            self.best = {"metric": results["main"] if results else 0.0, "iteration": self.iteration,
+                         "results": results}
+            self.save("best.pt")
+        return results
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # -- logging ------------------------------------------------------------------------------------
+    def _open_writer(self) -> None:
+        if self.env.is_main and self.cfg.LOG.TENSORBOARD:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.output_dir / "tb"))
+
+    def _log_scalars(self, scalars: dict[str, float]) -> None:
+        if self.writer is not None:
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, self.iteration)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimiser step on one CPU batch; returns the summed loss and its terms (on device)."""
+        batch = to_device(batch, self.device)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(worker_seed(self.cfg.EXPERIMENT.SEED, self.iteration, self.env.rank))
+        batch = self.transform(batch, generator)
+        if self.cfg.SOLVER.CHANNELS_LAST:
+            for key in ("image", "image_teacher", "image_partner", "image_partner_teacher"):
+                if key in batch:
+                    batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            _, losses = self.model(batch)
+        total = sum(value.float() for value in losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.SOLVER.GRAD_CLIP > 0:
+            nn.utils.clip_grad_norm_(list(self.distiller.trainable_parameters()), self.cfg.SOLVER.GRAD_CLIP)
+        self.optimizer.step()
+        self.scheduler.step()
+        return total.detach(), {k: v.detach() for k, v in losses.items()}
+
+    def _check_finite(self, flag: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        if dist.any_rank_flag(bool(flag.item()), self.device):
+            described = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise DistilleryError(
+                f"non-finite loss at iteration {self.iteration} ({described}); training stopped and the "
+                f"last good checkpoint is {self.output_dir / 'last.pt'}. Lower SOLVER.LR or set SOLVER.GRAD_CLIP"
+            )
+
+    def train(self) -> dict[str, Any]:
+        """Train to the configured length; returns {'last': results, 'best': results, ...}."""
+        cfg, plan = self.cfg, self.plan
+        if self.resume:
+            self.load_resume_state()
+        if self.env.is_main:
+            write_run_files(cfg, self.output_dir, self.device, self.env.world_size, self.role)
+        self._open_writer()
+        log.info("%s training: %d iterations (%d per epoch), global batch %d, lr %.4g, device %s",
+                 self.role, plan.total_iters, plan.iters_per_epoch, plan.global_batch, self.base_lr, self.device)
+        self.model.train()
+        progress = self._progress()
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        window: list[dict[str, torch.Tensor]] = []
+        tick, seen = time.perf_counter(), 0
+        check_every_step = self.device.type == "cpu"
+        while self.iteration < plan.total_iters:
+            epoch, position = divmod(self.iteration, plan.iters_per_epoch)
+            self.loader.set_epoch(epoch)
+            self.loader.set_start(position)
+            for batch in self.loader:
+                if self.iteration >= plan.total_iters:
+                    break
+                total, terms = self.train_step(batch)
+                bad |= ~torch.isfinite(total)
+                self.iteration += 1
+                seen += plan.global_batch
+                window.append(terms)
+                at_log = self.iteration % cfg.LOG.PERIOD == 0 or self.iteration == plan.total_iters
+                at_ckpt = self.iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or self.iteration == plan.total_iters
+                at_eval = cfg.EVAL.PERIOD > 0 and self.iteration % cfg.EVAL.PERIOD == 0
+                if check_every_step or at_log or at_ckpt or at_eval:
+                    self._check_finite(bad, terms)
+                if at_log:
+                    elapsed = time.perf_counter() - tick
+                    self._report(window, seen / max(elapsed, 1e-9), progress)
+                    window, tick, seen = [], time.perf_counter(), 0
+                if progress is not None:
+                    progress.update(1)
+                if at_eval and self.iteration < plan.total_iters:
+                    self.evaluate()
+                    self.model.train()
+                if at_ckpt:
+                    self.save("last.pt")
+        if progress is not None:
+            progress.close()
+        results = self.evaluate()
+        self.save("last.pt")
+        summary = {"last": results, "best": self.best.get("results") or results,
+                   "best_iteration": self.best["iteration"], "last_iteration": self.iteration}
+        if self.env.is_main and results is not None:
+            write_results(summary, self.output_dir)
+        if self.writer is not None:
+            self.writer.close()
+        return summary
+
+    def _progress(self):
+        if not (self.env.is_main and self.cfg.LOG.PROGRESS):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.plan.total_iters, initial=self.iteration, desc=self.role, dynamic_ncols=True,
+                    mininterval=2.0)
+
+    def _report(self, window: list[dict[str, torch.Tensor]], images_per_s: float, progress) -> None:
+        """Average the window's loss terms (one host sync), then log, TensorBoard and tqdm."""
+        names = list(window[-1])
+        means = torch.stack([torch.stack([w[n].float() for w in window]).mean() for n in names])
+        means = dist.all_reduce_mean(means)
+        values = dict(zip(names, means.tolist()))
+        values["total"] = sum(values.values())
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._log_scalars({**{f"loss/{k}": v for k, v in values.items()}, "lr": lr, "images_per_s": images_per_s})
+        if progress is not None:
+            progress.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "lr": f"{lr:.3g}",
+                                  "img/s": f"{images_per_s:.0f}"}, refresh=False)
+        log.debug("iteration %d: %s", self.iteration, values)
+
+
+def _flat_metrics(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Scalar leaves of a results dict, slash-joined (for TensorBoard)."""
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            flat.update(_flat_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iteration":
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
