@@ -1,0 +1,323 @@
+"""`f_skd`: feature similarity knowledge distillation for low-resolution face recognition (F-SKD).
+
+Loss (spec face.md §3.3-3.5), on top of the student's own margin cross-entropy:
+
+    POINT_WEIGHT x mean_i cos_loss(X_i, F_i^T)           point term over the 4 stages
+  + CROSS_WEIGHT x cross_sample_loss(X_4, X_4+, F_4^T, F_4^T+)   relational term on the last stage
+  + LOGIT_WEIGHT x T^2 KL(teacher margin logits || student margin logits)   optional HKD, T = 4
+
+X_i are the student's HINTED stage maps (hint_i(layer_i), `Features.stages` of a student built with
+STUDENT.HINTS true), F_i^T the teacher's raw stage maps. FSKD-v1 distilled the raw student stages
+without hints: DISTILL.F_SKD.REQUIRE_HINTS false allows that (decision #20: explicit keys instead of
+the reference's substring matching of `distill_type`).
+
+Partners for the cross term (DATA.PARTNER):
+- "shuffle": an in-batch permutation (`batch["partner_perm"]`, else drawn here): X+ = X[perm], no
+  extra forward pass; self-pairs and cross-identity pairs are possible (reproduced, §9 #22);
+- "table": a same-identity partner per sample, precomputed with the HR teacher by
+  `python -m kd.f_skd partners --config FILE` (§3.4; the paper recipe, margin 0.0); the partner views
+  `image_partner` / `image_partner_teacher` run through the student and the teacher as second forward
+  passes. Samples without a partner (`partner_valid` false, or `partner` < 0) are dropped from the
+  cross term only, as the reference's `correct_index` does.
+
+Logit term (quirk #16, reproduced by default): for ArcFace/CosFace students the teacher's logits are
+the STUDENT head's formula (student margin m) evaluated with the TEACHER head's class weights; for
+AdaFace/MagFace students the student's own head is applied to the teacher embedding.
+DISTILL.F_SKD.LOGIT_TEACHER_HEAD true uses the teacher's own head instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from kd import DISTILLERS
+from kd.a_skd import cosine_distance
+from kd.base import Distiller, Probe, Step
+from kd.kd import kd_loss
+from utility.errors import ConfigError, DistilleryError
+
+log = logging.getLogger(__name__)
+
+#: heads whose teacher logits come from the student's own head (quirk #16)
+_SELF_HEAD_MARGINS = ("adaface", "magface")
+#: the reference excludes near-duplicates (the anchor itself included) above this teacher cosine
+_DUPLICATE_COSINE = 0.99
+
+
+def feature_similarity_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+    """F-SKD point term: mean over the given stage pairs of the batch-mean 1 - cos of each sample's
+    flattened feature map (cos with eps 1e-8). The teacher maps are not differentiated."""
+    if len(feats_s) != len(feats_t) or not feats_s:
+        raise ValueError(f"feature_similarity_loss: {len(feats_s)} student and {len(feats_t)} teacher stages")
+    return torch.stack([cosine_distance(s, t.detach()) for s, t in zip(feats_s, feats_t)]).mean()
+
+
+def _unit_frobenius(feat: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, HW) divided by each sample's Frobenius norm (no eps, as the reference)."""
+    flat = feat.float().flatten(2)
+    return flat / flat.norm(dim=(1, 2), keepdim=True)
+
+
+def _affinity(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample spatial affinity n(a)^T n(b): (B, HW, HW), contracting over channels."""
+    return torch.einsum("bcm,bcn->bmn", _unit_frobenius(a), _unit_frobenius(b))
+
+
+def cross_sample_loss(feat_s: Tensor, feat_pos_s: Tensor, feat_t: Tensor, feat_pos_t: Tensor) -> Tensor:
+    """F-SKD cross-sample relational term on one stage (the last: 512 x 7 x 7 for iResNet).
+
+    With R(A, A') = n(A)^T n(A') (per-sample Frobenius-normalised maps, 49 x 49 affinities) and
+    c(P, Q) = batch-mean 1 - cos(vec P, vec Q):
+        L = 1/2 [c(R_HH, R_HL) + c(R_HH, R_LH)] + c(R_HH, R_LL),
+    R_HH = R(T, T+), R_HL = R(T, S+), R_LH = R(S, T+), R_LL = R(S, S+). Teacher inputs are detached;
+    the student receives gradient through both its anchor and its partner maps.
+    """
+    feat_t, feat_pos_t = feat_t.detach(), feat_pos_t.detach()
+    r_hh = _affinity(feat_t, feat_pos_t)
+    r_hl = _affinity(feat_t, feat_pos_s)
+    r_lh = _affinity(feat_s, feat_pos_t)
+    r_ll = _affinity(feat_s, feat_pos_s)
+    return 0.5 * (cosine_distance(r_hh, r_hl) + cosine_distance(r_hh, r_lh)) + cosine_distance(r_hh, r_ll)
+
+
+def select_partners(embeddings: np.ndarray, labels: np.ndarray, margin: float = 0.0,
+                    seed: int = 0) -> np.ndarray:
+    """One same-identity partner index per sample (int64), -1 where a sample has none.
+
+    Candidates follow F-SKD's `train_embed.py`: with L2-normalised teacher embeddings, cosines to
+    same-identity samples above 0.99 (near-duplicates, the anchor itself included) are set to 0,
+    and the samples whose cosine then exceeds `margin` are kept. One candidate is drawn uniformly with
+    a seeded generator (the reference redraws from the list at every load; a fixed draw keeps the
+    table a plain array). `margin` < -2 draws the partner uniformly from the whole set (commit 4054d3a).
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    count = len(labels)
+    if embeddings.shape[0] != count:
+        raise ValueError(f"select_partners: {embeddings.shape[0]} embeddings for {count} labels")
+    rng = np.random.default_rng(seed)
+    if margin < -2:
+        return rng.integers(0, count, size=count, dtype=np.int64)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    partners = np.full(count, -1, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")
+    boundaries = np.flatnonzero(np.diff(labels[order])) + 1
+    for members in np.split(order, boundaries):
+        similarity = unit[members] @ unit[members].T
+        similarity[similarity > _DUPLICATE_COSINE] = 0.0
+        for row, anchor in enumerate(members):
+            candidates = members[similarity[row] > margin]
+            if len(candidates):
+                partners[anchor] = candidates[rng.integers(len(candidates))]
+    return partners
+
+
+def _partner_mask(batch: dict[str, Any], size: int, device: torch.device) -> Tensor | None:
+    """Which samples have a partner (None = all): `partner_valid`, else `partner` >= 0."""
+    if "partner_valid" in batch:
+        return batch["partner_valid"].to(device=device, dtype=torch.bool).reshape(size)
+    if "partner" in batch and torch.is_tensor(batch["partner"]):
+        return (batch["partner"] >= 0).to(device).reshape(size)
+    return None
+
+
+@DISTILLERS.register("f_skd")
+class FeatureSimilarityKD(Distiller):
+    """Student margin CE + point term + cross-sample term (+ optional logit term); see module docstring."""
+
+    def setup(self, cfg: Any, probe: Probe) -> None:
+        node = cfg.DISTILL.F_SKD
+        self.point_weight = float(node.POINT_WEIGHT)
+        self.cross_weight = float(node.CROSS_WEIGHT)
+        self.logit_weight = float(node.LOGIT_WEIGHT)
+        self.temperature = float(node.LOGIT_TEMPERATURE)
+        self.logit_teacher_head = bool(node.LOGIT_TEACHER_HEAD)
+        self.partner_mode = str(cfg.DATA.PARTNER)
+        self.student_margin = str(cfg.STUDENT.HEAD)
+        if probe.teacher is None:
+            raise ConfigError("DISTILL.TYPE 'f_skd' needs a teacher: set TEACHER.BACKBONE and TEACHER.CHECKPOINT")
+        if node.REQUIRE_HINTS and not cfg.STUDENT.HINTS:
+            raise ConfigError(
+                "DISTILL.TYPE 'f_skd' distils the student's HINTED stage maps: set STUDENT.HINTS true "
+                "(or DISTILL.F_SKD.REQUIRE_HINTS false for FSKD-v1's raw stages)"
+            )
+        if len(probe.student.stages) != len(probe.teacher.stages):
+            raise ConfigError(
+                f"DISTILL.TYPE 'f_skd': the student has {len(probe.student.stages)} stages and the teacher "
+                f"{len(probe.teacher.stages)}; F-SKD pairs them stage by stage"
+            )
+        for i, (s, t) in enumerate(zip(probe.student.stages, probe.teacher.stages)):
+            if s.shape[1:] != t.shape[1:]:
+                raise ConfigError(
+                    f"DISTILL.TYPE 'f_skd': stage {i} has shape {tuple(s.shape[1:])} for the student and "
+                    f"{tuple(t.shape[1:])} for the teacher; give the student hint layers (STUDENT.HINTS) "
+                    "that map to the teacher's widths"
+                )
+        if self.cross_weight > 0 and self.partner_mode not in ("shuffle", "table"):
+            raise ConfigError(
+                "DISTILL.F_SKD.CROSS_WEIGHT > 0 needs partner views: set DATA.PARTNER to 'shuffle' (in-batch) "
+                "or 'table' (same identity, from `python -m kd.f_skd partners`), or CROSS_WEIGHT 0"
+            )
+        if self.logit_weight > 0 and not self.student_margin:
+            raise ConfigError("DISTILL.F_SKD.LOGIT_WEIGHT > 0 distils margin-head logits: set STUDENT.HEAD")
+
+    # -- forward passes -------------------------------------------------------------------------
+    def student_step(self, batch: dict[str, Any]) -> Step:
+        """Teacher (anchor, partner), then student (anchor, partner), each a separate forward so every
+        batch-norm sees the same batches as in the reference; teacher logits for the logit term are
+        taken before the student head runs (AdaFace's batch statistics end with the student's)."""
+        labels = batch.get("label")
+        extra: dict[str, Any] = {}
+        teacher, logits_t = self.teacher(batch.get("image_teacher", batch["image"]), labels)
+        two_views = self.cross_weight > 0 and self.partner_mode == "table"
+        if two_views:
+            extra["partner_teacher"] = self.teacher(batch["image_partner_teacher"])[0]
+        if self.logit_weight > 0:
+            extra["logits_t_distill"] = self._teacher_margin_logits(teacher.out, logits_t, labels)
+        student = self.student.forward_features(batch["image"])
+        if two_views:
+            extra["partner_student"] = self.student.forward_features(batch["image_partner"])
+        logits_s = self.student.logits(student.out, labels)
+        return Step(batch=batch, student=student, logits_s=logits_s, teacher=teacher, logits_t=logits_t,
+                    extra=extra)
+
+    @torch.no_grad()
+    def _teacher_margin_logits(self, embedding_t: Tensor, logits_t: Tensor | None, labels: Tensor) -> Tensor:
+        """Teacher-side logits of the HKD term (quirk #16 by default; see the module docstring)."""
+        if self.logit_teacher_head:
+            if logits_t is None:
+                raise ConfigError("DISTILL.F_SKD.LOGIT_TEACHER_HEAD needs TEACHER.HEAD (and its checkpoint)")
+            return logits_t
+        head = self.student.head
+        if self.student_margin in _SELF_HEAD_MARGINS:
+            return head(embedding_t, labels)
+        teacher_head = self.teacher.network.head
+        if teacher_head is None:
+            raise ConfigError(
+                "DISTILL.F_SKD.LOGIT_WEIGHT > 0: the teacher's class weights are needed; set TEACHER.HEAD "
+                "and TEACHER.HEAD_CHECKPOINT (or a teacher checkpoint that stores its head)"
+            )
+        return functional_call(head, {"weight": teacher_head.weight}, (embedding_t, labels))
+
+    # -- loss terms --------------------------------------------------------------------------------
+    def distill_losses(self, step: Step) -> dict[str, Tensor]:
+        losses: dict[str, Tensor] = {}
+        stages_s, stages_t = step.student.stages, step.teacher.stages
+        if self.point_weight > 0:
+            losses["f_skd_point"] = self.point_weight * feature_similarity_loss(stages_s, stages_t)
+        if self.cross_weight > 0:
+            losses["f_skd_cross"] = self.cross_weight * self._cross_term(step)
+        if self.logit_weight > 0:
+            losses["f_skd_logit"] = self.logit_weight * kd_loss(step.logits_s, step.extra["logits_t_distill"],
+                                                                self.temperature)
+        return losses
+
+    def _cross_term(self, step: Step) -> Tensor:
+        last_s, last_t = step.student.stages[-1], step.teacher.stages[-1]
+        size = last_s.shape[0]
+        if self.partner_mode == "shuffle":
+            perm = step.batch.get("partner_perm")
+            perm = torch.randperm(size, device=last_s.device) if perm is None else perm.to(last_s.device).long()
+            return cross_sample_loss(last_s, last_s[perm], last_t, last_t[perm])
+        pos_s = step.extra["partner_student"].stages[-1]
+        pos_t = step.extra["partner_teacher"].stages[-1]
+        keep = _partner_mask(step.batch, size, last_s.device)
+        if keep is not None:
+            if not bool(keep.any()):
+                return last_s.sum() * 0.0  # no partner in this batch: the term is absent, graph kept
+            last_s, pos_s, last_t, pos_t = last_s[keep], pos_s[keep], last_t[keep], pos_t[keep]
+        return cross_sample_loss(last_s, pos_s, last_t, pos_t)
+
+
+# -- `python -m kd.f_skd partners`: the same-identity partner table --------------------------------
+def default_table_path(cfg: Any) -> Path:
+    """Where the partner table goes: DATA.PARTNER_TABLE (resolved like every data path), else beside
+    the teacher checkpoint as `partners_m<margin>.npy` (the reference's `cross_dict_<data>.pkl` spot)."""
+    from utility.config import resolve_data_path
+
+    if cfg.DATA.PARTNER_TABLE:
+        return resolve_data_path(cfg, cfg.DATA.PARTNER_TABLE)
+    margin = float(cfg.DISTILL.F_SKD.PARTNER_MARGIN)
+    return Path(cfg.TEACHER.CHECKPOINT).expanduser().parent / f"partners_m{margin:.1f}.npy"
+
+
+@torch.no_grad()
+def teacher_embeddings(network: torch.nn.Module, dataset: Any, cfg: Any, device: torch.device) -> np.ndarray:
+    """HR teacher embeddings of every training sample, in dataset order, with the training flip
+    active (as the reference's `train_embed.py`, quirk #23) but seeded by EXPERIMENT.SEED."""
+    network.eval().to(device)
+    generator = torch.Generator().manual_seed(int(cfg.EXPERIMENT.SEED))
+    mean = torch.tensor(cfg.DATA.MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.DATA.STD, device=device).view(1, 3, 1, 1)
+    loader = torch.utils.data.DataLoader(
+        range(len(dataset)), batch_size=int(cfg.EVAL.BATCH_SIZE), shuffle=False,
+        num_workers=int(cfg.DATA.WORKERS), collate_fn=lambda idx: np.stack([dataset[i]["image"] for i in idx]),
+    )
+    chunks = []
+    for images in loader:
+        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        if cfg.DATA.FLIP:
+            flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        chunks.append(network((x - mean) / std).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def write_partner_table(cfg: Any, output: Path | None = None) -> Path:
+    """Load the teacher (TEACHER.CHECKPOINT), embed the training set, select and save the partners."""
+    from data.loader import build_dataset
+    from engine.checkpoint import load_network_weights
+    from models import build_network
+
+    if not cfg.TEACHER.BACKBONE or not cfg.TEACHER.CHECKPOINT:
+        raise ConfigError("partners: set TEACHER.BACKBONE and TEACHER.CHECKPOINT (the trained HR teacher)")
+    dataset = build_dataset(cfg, split="train")
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    network = build_network(cfg.TEACHER, int(cfg.DATA.NUM_CLASSES or dataset.num_classes))
+    load_network_weights(network, cfg.TEACHER.CHECKPOINT, cfg.TEACHER.CHECKPOINT_SOURCE)
+    device_name = cfg.EXPERIMENT.DEVICE
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    embeddings = teacher_embeddings(network, dataset, cfg, torch.device(device_name))
+    partners = select_partners(embeddings, labels, float(cfg.DISTILL.F_SKD.PARTNER_MARGIN),
+                               seed=int(cfg.EXPERIMENT.SEED))
+    path = output or default_table_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, partners)
+    log.info("partner table: %d samples, %d without a partner -> %s", len(partners), int((partners < 0).sum()), path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kd.f_skd", description="F-SKD utilities")
+    commands = parser.add_subparsers(dest="command", required=True)
+    partners = commands.add_parser("partners", help="write the same-identity partner table with the HR teacher")
+    partners.add_argument("--config", required=True, help="the F-SKD student config (its TEACHER and DATA)")
+    partners.add_argument("--output", default=None, help="table path (default: DATA.PARTNER_TABLE or beside "
+                                                         "the teacher checkpoint)")
+    partners.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from utility.config import load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        path = write_partner_table(cfg, Path(args.output) if args.output else None)
+    except DistilleryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
