@@ -1,0 +1,1 @@
+"""Training loop, evaluation, checkpoints, results and distributed helpers shared by the CLIs."""
