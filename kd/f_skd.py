@@ -17,8 +17,8 @@ Partners for the cross term (DATA.PARTNER):
 - "table": a same-identity partner per sample, precomputed with the HR teacher by
   `python -m kd.f_skd partners --config FILE` (§3.4; the paper recipe, margin 0.0); the partner views
   `image_partner` / `image_partner_teacher` run through the student and the teacher as second forward
-  passes. Samples without a partner (`partner_valid` false, or `partner` < 0) are dropped from the
-  cross term only, as the reference's `correct_index` does.
+  passes. Samples without a partner (stored as their own index in the table, or `partner_valid`
+  false) are dropped from the cross term only, as the reference's `correct_index` does.
 
 Logit term (quirk #16, reproduced by default): for ArcFace/CosFace students the teacher's logits are
 the STUDENT head's formula (student margin m) evaluated with the TEACHER head's class weights; for
@@ -122,11 +122,13 @@ def select_partners(embeddings: np.ndarray, labels: np.ndarray, margin: float = 
 
 
 def _partner_mask(batch: dict[str, Any], size: int, device: torch.device) -> Tensor | None:
-    """Which samples have a partner (None = all): `partner_valid`, else `partner` >= 0."""
+    """Which samples have a partner (None = all): `partner_valid` when the batch has it, else the
+    samples whose table partner is not themselves (`write_partner_table` stores "no partner" as the
+    sample's own index, which the selection rule never picks for margins >= 0)."""
     if "partner_valid" in batch:
         return batch["partner_valid"].to(device=device, dtype=torch.bool).reshape(size)
-    if "partner" in batch and torch.is_tensor(batch["partner"]):
-        return (batch["partner"] >= 0).to(device).reshape(size)
+    if torch.is_tensor(batch.get("partner_index")) and torch.is_tensor(batch.get("index")):
+        return (batch["partner_index"] != batch["index"]).to(device).reshape(size)
     return None
 
 
@@ -250,6 +252,16 @@ def default_table_path(cfg: Any) -> Path:
     return Path(cfg.TEACHER.CHECKPOINT).expanduser().parent / f"partners_m{margin:.1f}.npy"
 
 
+class _StackImages:
+    """DataLoader collate: the uint8 images of a list of indices, stacked N x H x W x 3."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __call__(self, indices: list[int]) -> np.ndarray:
+        return np.stack([self.dataset[i]["image"] for i in indices])
+
+
 @torch.no_grad()
 def teacher_embeddings(network: torch.nn.Module, dataset: Any, cfg: Any, device: torch.device) -> np.ndarray:
     """HR teacher embeddings of every training sample, in dataset order, with the training flip
@@ -260,7 +272,7 @@ def teacher_embeddings(network: torch.nn.Module, dataset: Any, cfg: Any, device:
     std = torch.tensor(cfg.DATA.STD, device=device).view(1, 3, 1, 1)
     loader = torch.utils.data.DataLoader(
         range(len(dataset)), batch_size=int(cfg.EVAL.BATCH_SIZE), shuffle=False,
-        num_workers=int(cfg.DATA.WORKERS), collate_fn=lambda idx: np.stack([dataset[i]["image"] for i in idx]),
+        num_workers=int(cfg.DATA.WORKERS), collate_fn=_StackImages(dataset),
     )
     chunks = []
     for images in loader:
@@ -273,14 +285,24 @@ def teacher_embeddings(network: torch.nn.Module, dataset: Any, cfg: Any, device:
 
 
 def write_partner_table(cfg: Any, output: Path | None = None) -> Path:
-    """Load the teacher (TEACHER.CHECKPOINT), embed the training set, select and save the partners."""
+    """Load the teacher (TEACHER.CHECKPOINT), embed the training set, select and save the partners.
+
+    The file is a 1-D int64 `.npy` with one partner index per training sample. The data reader
+    accepts only valid indices, so a sample without a partner stores its own index; the distiller
+    drops such samples from the cross term (the reference's `correct_index = 0`).
+    """
     from data.loader import build_dataset
     from engine.checkpoint import load_network_weights
     from models import build_network
 
     if not cfg.TEACHER.BACKBONE or not cfg.TEACHER.CHECKPOINT:
         raise ConfigError("partners: set TEACHER.BACKBONE and TEACHER.CHECKPOINT (the trained HR teacher)")
-    dataset = build_dataset(cfg, split="train")
+    plain = cfg.clone()  # the HR images alone: no partner table (it is being written), no LR view
+    plain.defrost()
+    plain.DATA.PARTNER = ""
+    plain.DATA.LOWRES.SIZES = []
+    plain.freeze()
+    dataset = build_dataset(plain, split="train")
     labels = np.asarray(dataset.labels, dtype=np.int64)
     network = build_network(cfg.TEACHER, int(cfg.DATA.NUM_CLASSES or dataset.num_classes))
     load_network_weights(network, cfg.TEACHER.CHECKPOINT, cfg.TEACHER.CHECKPOINT_SOURCE)
@@ -290,10 +312,12 @@ def write_partner_table(cfg: Any, output: Path | None = None) -> Path:
     embeddings = teacher_embeddings(network, dataset, cfg, torch.device(device_name))
     partners = select_partners(embeddings, labels, float(cfg.DISTILL.F_SKD.PARTNER_MARGIN),
                                seed=int(cfg.EXPERIMENT.SEED))
+    missing = int((partners < 0).sum())
+    partners = np.where(partners < 0, np.arange(len(partners)), partners)  # "no partner" = itself
     path = output or default_table_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, partners)
-    log.info("partner table: %d samples, %d without a partner -> %s", len(partners), int((partners < 0).sum()), path)
+    log.info("partner table: %d samples, %d without a partner -> %s", len(partners), missing, path)
     return path
 
 
