@@ -29,8 +29,10 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
+from data.loader import build_dataset, build_eval_loader, to_device
 from data.lowres import degrade
 from data.pairs import load_verification_set
+from data.transforms import EvalTransform
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 
@@ -487,44 +489,30 @@ def evaluate_verification(cfg: CfgNode, model: nn.Module, device: torch.device |
     }
 
 
-def _collate_images_labels(samples: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
-    images = torch.from_numpy(np.stack([np.asarray(sample["image"]) for sample in samples]))
-    labels = torch.tensor([int(sample["label"]) for sample in samples], dtype=torch.int64)
-    return images, labels
-
-
 def evaluate_classification(cfg: CfgNode, model: nn.Module, device: torch.device | str, dataset: Any = None,
-                            transform: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
+                            transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Top-k accuracy (k in EVAL.TOPK, in percent) and mean per-class accuracy on the val split.
 
-    `dataset` defaults to `data.loader.build_dataset(cfg, split="val")`, `transform` (a uint8
-    N x H x W x 3 device batch -> normalised float N x C x H x W) to `data.transforms.EvalTransform(cfg)`.
-    A transform that returns 10 x N crops (ten-crop) has its logits averaged per sample; the crops of
-    sample i are rows 10 i .. 10 i + 9. Returns {"task": "classification", "top1", "top5", ..., "mca",
-    "samples", "main" (= top-1)}.
+    `dataset` defaults to `data.loader.build_dataset(cfg, split="val")`; `transform` to
+    `data.transforms.EvalTransform(cfg)`: a batch dict on the device (uint8 N x H x W x 3 `image`)
+    -> dict with the normalised `image` and, for ten-crop, `num_crops` (crops of sample i are rows
+    num_crops * i ...: sample-major), whose logits are averaged per sample. Returns {"task":
+    "classification", "top1", "top5", ..., "mca", "samples", "main" (= top-1)}.
     """
-    if dataset is None:
-        from data.loader import build_dataset
-
-        dataset = build_dataset(cfg, split="val")
-    if transform is None:
-        from data.transforms import EvalTransform
-
-        transform = EvalTransform(cfg)
+    dataset = build_dataset(cfg, split="val") if dataset is None else dataset
+    transform = EvalTransform(cfg) if transform is None else transform
     device = torch.device(device)
     topk = sorted({int(k) for k in cfg.EVAL.TOPK} | {1})  # top-1 is always reported: it is `main`
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.EVAL.BATCH_SIZE, shuffle=False,
-                                         num_workers=cfg.DATA.WORKERS, collate_fn=_collate_images_labels,
-                                         pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda")
     correct = dict.fromkeys(topk, 0)
     class_correct = class_total = None
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for images, labels in loader:
-                logits = _average_crops(model(transform(images.to(device, non_blocking=True))).float(),
-                                        labels.shape[0]).cpu()
+            for batch in build_eval_loader(cfg, dataset, cfg.EVAL.BATCH_SIZE):
+                labels = torch.as_tensor(batch["label"], dtype=torch.int64)
+                inputs = transform(to_device(batch, device))
+                logits = _average_crops(model(inputs["image"]).float(), labels.shape[0]).cpu()
                 if int(labels.max()) >= logits.shape[1]:
                     raise DataError(f"label {int(labels.max())} but the model has {logits.shape[1]} outputs; "
                                     "check DATA.NUM_CLASSES against the val split")
