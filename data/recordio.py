@@ -292,7 +292,12 @@ class RecordIOWriter:
             raise DataError(f"{self.rec_path}: record {key} is {len(record)} bytes; RecordIO allows < 2^29")
         self._keys.add(key)
         self._idx.write(f"{key}\t{self._rec.tell()}\n")
-        cuts = [pos for pos in range(0, len(record) // 4 * 4, 4) if record[pos : pos + 4] == _MAGIC_BYTES]
+        cuts = []
+        position = record.find(_MAGIC_BYTES)
+        while position >= 0:
+            if position % 4 == 0:  # only 4-aligned occurrences split the record
+                cuts.append(position)
+            position = record.find(_MAGIC_BYTES, position + 1)
         if not cuts:
             self._write_part(0, record)
             return
