@@ -217,6 +217,8 @@ class TrainLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):  # in-process copy; workers read SampleIndex.epoch
+            self.dataset.set_epoch(epoch)
 
     def set_start(self, batch_in_epoch: int) -> None:
         self.sampler.set_start(batch_in_epoch)
@@ -225,14 +227,24 @@ class TrainLoader:
         if self._loader is not None:
             yield from self._loader
             return
-        for batch in self.sampler:
+        for number, batch in enumerate(self.sampler, self.sampler.start):
             indices = torch.tensor([int(i) for i in batch], dtype=torch.long)
             on_device = indices.to(self.device)
             item = {"image": self._images[on_device], "label": self._labels[on_device], "index": on_device}
-            extras = getattr(self.dataset, "batch_extras", None)
-            if extras is not None:  # e.g. CRD negatives, drawn by the dataset for these indices
-                item.update(to_device(extras(indices, self.sampler.epoch), self.device))
+            item.update(to_device(self._extras(indices, number), self.device))
             yield item
+
+    def _extras(self, indices: torch.Tensor, batch_number: int) -> dict[str, Any]:
+        """Per-batch extras of a device-resident dataset (CRD negatives), seeded per (seed, epoch, batch)."""
+        extras = getattr(self.dataset, "batch_extras", None)
+        if extras is not None:
+            return extras(indices, self.sampler.epoch)
+        negatives = int(getattr(self.dataset, "crd_negatives", 0))
+        if negatives > 0 and hasattr(self.dataset, "sample_contrast_indices"):
+            rng = sample_rng(self.sampler.seed, self.sampler.epoch, batch_number, self.sampler.rank)
+            drawn = self.dataset.sample_contrast_indices(indices.numpy(), negatives, rng)
+            return {"contrast_index": torch.as_tensor(drawn, dtype=torch.long)}
+        return {}
 
 
 def _pin_memory(cfg: Any, device: torch.device) -> bool:
@@ -245,7 +257,8 @@ def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, see
 
     With `DATA.ON_DEVICE` and a dataset exposing `images` (N x H x W x 3 uint8) and `labels`, the
     whole set lives on `device` and batches are gathered there; a dataset method
-    `batch_extras(indices, epoch) -> dict` adds per-batch extras (CRD negatives) in that mode.
+    `batch_extras(indices, epoch) -> dict` (or CIFAR's `sample_contrast_indices(indices, k, rng)` with
+    `crd_negatives` = k) adds per-batch extras (CRD negatives) in that mode.
     """
     device = torch.device(device) if device is not None else default_device(cfg)
     sampler = ResumableSampler(len(dataset), batch_size_per_rank, seed, rank, world_size, shuffle=True,
