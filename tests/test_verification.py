@@ -240,6 +240,19 @@ def test_skd_centres_on_the_training_folds_only():
     assert result["thresholds"] == pytest.approx([0.4] * 10, abs=1e-9)
 
 
+def test_skd_float32_features_compare_with_float32_thresholds():
+    # Genuine pairs L (1, 0), R (3, 4): cosine 3/5, in float32 0.6000000238 = float32(0.6). The reference
+    # kept float32 features and NumPy 1.x compared them with float32-rounded thresholds, so t = 0.6 is
+    # NOT below the genuine score: best grid = k 1..5999 (mean 0.3); float64 comparisons would add 0.6.
+    left = np.array([[1.0, 0.0] if i % 2 == 0 else [-4.0, 0.0] for i in range(20)], dtype=np.float32)
+    right = np.array([[3.0, 4.0] if i % 2 == 0 else [0.0, -4.0] for i in range(20)], dtype=np.float32)
+    issame = np.array([i % 2 == 0 for i in range(20)])
+    result = verification_accuracy(left, right, issame, protocol="skd")
+    assert result["thresholds"] == pytest.approx([0.3] * 10, abs=1e-9)
+    wide = verification_accuracy(left.astype(np.float64), right.astype(np.float64), issame, protocol="skd")
+    assert wide["thresholds"] == pytest.approx([0.3] * 10, abs=1e-9)  # 3/5 is exactly the double 0.6
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_skd_matches_naive_with_ties(dtype):
     rng = np.random.default_rng(1)
