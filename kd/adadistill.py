@@ -104,11 +104,13 @@ class AdaDistillLoss(nn.Module):
         return alpha
 
     def forward(self, emb_s: Tensor, emb_t: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        emb_unit_s = _unit_rows(F.normalize(emb_s.float(), dim=1))
-        emb_unit_t = _unit_rows(F.normalize(emb_t.detach().float(), dim=1))
-        self.update_centres(emb_unit_s.detach(), emb_unit_t, labels)
-        logits = margin_logits(emb_unit_s, self.weight, labels, self.margin, self.s, self.m)
-        return F.cross_entropy(logits, labels), logits
+        # in the centres' precision (float32) even under autocast: the reference runs fp32 only
+        with torch.autocast(emb_s.device.type, enabled=False):
+            emb_unit_s = _unit_rows(F.normalize(emb_s.to(self.weight.dtype), dim=1))
+            emb_unit_t = _unit_rows(F.normalize(emb_t.detach().to(self.weight.dtype), dim=1))
+            self.update_centres(emb_unit_s.detach(), emb_unit_t, labels)
+            logits = margin_logits(emb_unit_s, self.weight, labels, self.margin, self.s, self.m)
+            return F.cross_entropy(logits, labels), logits
 
 
 def _require_headless_student(cfg: Any, name: str) -> None:
@@ -169,11 +171,13 @@ class _AMLDistill(Distiller):
         return Step(batch=batch, student=features, logits_s=features.out)
 
     def classification_losses(self, step: Step) -> dict[str, Tensor]:
-        centres = self.teacher.network.head.weight.detach().float()
-        emb_unit = _unit_rows(F.normalize(step.student.out.float(), dim=1))
-        logits = margin_logits(emb_unit, centres, step.labels, self.margin, self.s, self.m)
+        with torch.autocast(step.student.out.device.type, enabled=False):  # fp32, as the reference
+            centres = self.teacher.network.head.weight.detach().float()
+            emb_unit = _unit_rows(F.normalize(step.student.out.float(), dim=1))
+            logits = margin_logits(emb_unit, centres, step.labels, self.margin, self.s, self.m)
+            loss = F.cross_entropy(logits, step.labels)
         step.logits_s = logits
-        return {self.loss_name: self.ce_weight * F.cross_entropy(logits, step.labels)}
+        return {self.loss_name: self.ce_weight * loss}
 
 
 @DISTILLERS.register("arcdistill")
