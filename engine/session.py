@@ -116,7 +116,7 @@ def load_for_test(cfg: Any, node: Any, path: str | Path, device: torch.device) -
 
 
 def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teacher: bool = False,
-             output: str = "") -> int:
+             output: str = "", attention_maps: int = 0) -> int:
     """Evaluate checkpoints and write results.json / results.md."""
     cfg = load_config(config, list(overrides))
     env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
@@ -143,5 +143,13 @@ def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teache
     summary.setdefault("best", summary["last"])
     write_results(summary, out_dir)
     print(format_table(summary))
+    if attention_maps > 0:
+        from engine.attention_maps import write_attention_maps
+
+        networks = {"teacher" if teacher else "student": load_for_test(cfg, node, targets["last"], env.device)}
+        if not teacher and cfg.TEACHER.BACKBONE and cfg.TEACHER.CHECKPOINT:
+            networks = {"teacher": load_for_test(cfg, cfg.TEACHER, cfg.TEACHER.CHECKPOINT, env.device), **networks}
+        paths = write_attention_maps(cfg, networks, attention_maps, out_dir, env.device)
+        print(f"attention maps: {len(paths)} images in {paths[0].parent}")
     dist.cleanup()
     return 0
