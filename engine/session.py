@@ -11,7 +11,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine import distributed as dist
-from engine.checkpoint import FORMAT, load_checkpoint, load_network_weights, load_strict, network_state_from_checkpoint
+from engine.checkpoint import (
+    FORMAT,
+    load_checkpoint,
+    load_network_weights,
+    load_strict,
+    network_state_from_checkpoint,
+)
 from engine.evaluate import evaluate
 from engine.results import format_table, write_results
 from models import build_network

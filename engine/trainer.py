@@ -30,6 +30,7 @@ from engine.checkpoint import (
     save_checkpoint,
     unpack_rng,
 )
+from engine.curves import plot_training_curves
 from engine.evaluate import evaluate
 from engine.optim import build_optimizer, build_scheduler, scaled_lr
 from engine.pretrained import load_pretrained_backbone
@@ -153,6 +154,7 @@ class Trainer:
         self.iteration = 0
         self.best: dict[str, Any] = {"metric": -math.inf, "iteration": -1, "results": None}
         self.last_results: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []  # logged scalars, for curves.png
         self.writer = None
 
     # -- set-up helpers -------------------------------------------------------------------------
@@ -200,6 +202,7 @@ class Trainer:
             "best": dict(self.best),
             "role": self.role,
             "num_classes": self.num_classes,
+            "history": self.history,
             "config": self.cfg.dump(),
         }
 
@@ -220,6 +223,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
         self.best.update(state.get("best", {}))
+        self.history = list(state.get("history", []))
         set_rng_state(unpack_rng(state["rng"]))
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
@@ -258,6 +262,7 @@ class Trainer:
             self.writer = SummaryWriter(str(self.output_dir / "tb"))
 
     def _log_scalars(self, scalars: dict[str, float]) -> None:
+        self.history.append({"iteration": self.iteration, **scalars})
         if self.writer is not None:
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, self.iteration)
@@ -344,6 +349,8 @@ class Trainer:
                    "best_iteration": self.best["iteration"], "last_iteration": self.iteration}
         if self.env.is_main and results is not None:
             write_results(summary, self.output_dir)
+        if self.env.is_main:
+            plot_training_curves(self.history, self.output_dir / "curves.png")
         if self.writer is not None:
             self.writer.close()
         return summary

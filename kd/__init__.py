@@ -8,11 +8,9 @@ from utility.registry import Registry
 
 DISTILLERS = Registry("distiller")
 
+# Importing each method's module registers it: plain training and Hinton KD, the classification
+# methods (at, crd, dct, askd) and the face methods (a_skd, f_skd, fitnet, rkd, AdaDistill family).
+from kd import a_skd, adadistill, askd, at, crd, dct, f_skd, fitnet, kd, none, rkd  # noqa: E402,F401,I001
 from kd.base import Distiller, Step, build_distiller  # noqa: E402
-
-import kd.none  # noqa: E402,F401
-import kd.kd  # noqa: E402,F401
-from kd import askd, at, crd, dct  # noqa: E402,F401  (classification distillers)
-from kd import a_skd, adadistill, f_skd, fitnet, rkd  # noqa: E402,F401  (face distillers)
 
 __all__ = ["DISTILLERS", "Distiller", "Step", "build_distiller"]

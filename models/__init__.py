@@ -14,13 +14,10 @@ from utility.registry import Registry
 BACKBONES = Registry("backbone")
 HEADS = Registry("head")
 
+# Importing the sub-packages registers their backbones and heads.
+from models import cifar, face, heads, imagenet  # noqa: E402,F401,I001
 from models.features import Features  # noqa: E402
 from models.network import Network  # noqa: E402
-
-from models import heads  # noqa: E402,F401  (registers heads)
-from models import face  # noqa: E402,F401  (registers face.*)
-from models import cifar  # noqa: E402,F401  (registers cifar.*)
-from models import imagenet  # noqa: E402,F401  (registers imagenet.*)
 
 
 def backbone_kwargs(node: Any, num_classes: int) -> dict[str, Any]:

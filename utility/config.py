@@ -129,6 +129,7 @@ _C.DISTILL.DCT.WEIGHT = 1.0  # weight of the DCT-attention term
 _C.DISTILL.DCT.TRANSFORM = "dft_real"  # "dft_real" (what the reference computes) or "dct2" (extension)
 _C.DISTILL.DCT.TEACHER_CORRECT = True  # PRED_GUIDE (reference default on): zero the term where the teacher is wrong
 _C.DISTILL.DCT.EPS = 0.0  # added to the min-max denominators; 0 = as the reference (a constant map gives NaN)
+_C.DISTILL.DCT.ALIGN = False  # extension: pool the larger map of a stage pair to the smaller (cross-arch CIFAR)
 
 _C.DISTILL.ASKD = CN()
 _C.DISTILL.ASKD.WEIGHT = 1.0  # beta on w_rs*RS + w_cs*CS (every released config: 1)
