@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from yacs.config import CfgNode
 
 from data import DATASETS
+from data.loader import sample_rng
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 
@@ -176,11 +177,6 @@ class ContrastSampler:
         return out
 
 
-def sample_rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
-    """A generator fixed by (seed, epoch, sample, stream): the same draws in any worker, on any rerun."""
-    return np.random.default_rng([seed % 2**32, epoch, index, stream])
-
-
 def _split_paths(cfg: CfgNode, split: str) -> tuple[Path, Path]:
     """(split pickle, meta pickle) for `split`; DATA.VAL, when set, overrides the folder for "val"."""
     if split not in SPLIT_FILES:
@@ -201,9 +197,10 @@ class CIFAR100(Dataset):
 
     Items: `image` (32 x 32 x 3 uint8, DATA.COLOR order), `label`, `index`, and for the training split
     with DATA.CRD_NEGATIVES = K > 0 also `contrast_index` (K + 1 int64, see `ContrastSampler`), drawn
-    from a generator seeded by (EXPERIMENT.SEED, epoch, index); call `set_epoch` each epoch for fresh
-    negatives. `images` is the whole split as one N x 32 x 32 x 3 uint8 tensor (sharing memory with the
-    items) so the loader can keep it on the device when DATA.ON_DEVICE.
+    from `data.loader.sample_rng(EXPERIMENT.SEED, epoch, index)`, the epoch taken from the loader's
+    `SampleIndex` (or `set_epoch` for plain ints). `images` is the whole split as one N x 32 x 32 x 3
+    uint8 tensor (sharing memory with the items) so the loader can keep it on the device when
+    DATA.ON_DEVICE.
     """
 
     def __init__(self, cfg: CfgNode, split: str = "train") -> None:
@@ -235,13 +232,15 @@ class CIFAR100(Dataset):
         return len(self.labels)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws `__getitem__` makes (workers see it when re-created)."""
+        """The epoch for plain-int indices (a loader `SampleIndex` brings its own, also into workers)."""
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        epoch = getattr(index, "epoch", self.epoch)  # a loader `SampleIndex` carries its epoch
+        index = int(index)
         item: dict[str, Any] = {"image": self._images[index], "label": int(self.labels[index]), "index": index}
         if self.contrast is not None and self.crd_negatives > 0:
-            rng = sample_rng(self.seed, self.epoch, index, STREAM_CONTRAST)
+            rng = sample_rng(self.seed, epoch, index, STREAM_CONTRAST)
             item["contrast_index"] = self.contrast.draw(index, self.crd_negatives, rng)
         return item
 

@@ -12,7 +12,7 @@ A two-token line whose name contains `/` is taken as a path relative to the fold
 Geometry follows the reference's torchvision pipeline, done here with OpenCV on the uint8 image:
 Resize(DATA.RESIZE) of the shorter side (long side `int(RESIZE * long / short)`; area filter when
 shrinking, bilinear when enlarging, where PIL uses antialiased bilinear), then RandomCrop(IMAGE_SIZE)
-for training when DATA.RANDOM_CROP (offsets drawn from a generator seeded by (seed, epoch, index)),
+for training when DATA.RANDOM_CROP (offsets from `data.loader.sample_rng(seed, epoch, index)`),
 else CenterCrop(IMAGE_SIZE) (torchvision's rounding; zero padding when the image is smaller). With
 DATA.TEN_CROP the evaluation image is centre-cropped to RESIZE x RESIZE instead, so a batch stacks and
 the device takes the ten IMAGE_SIZE crops from that square (the reference, which never enables ten-crop,
@@ -32,7 +32,8 @@ from torch.utils.data import Dataset
 from yacs.config import CfgNode
 
 from data import DATASETS
-from data.cifar import STREAM_CONTRAST, STREAM_CROP, ContrastSampler, sample_rng
+from data.cifar import STREAM_CONTRAST, STREAM_CROP, ContrastSampler
+from data.loader import sample_rng
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 
@@ -228,7 +229,7 @@ class SceneList(Dataset):
         return len(self.entries)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random draws `__getitem__` makes (workers see it when re-created)."""
+        """The epoch for plain-int indices (a loader `SampleIndex` brings its own, also into workers)."""
         self.epoch = int(epoch)
 
     def read_image(self, index: int) -> np.ndarray:
@@ -241,20 +242,22 @@ class SceneList(Dataset):
         return image
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        epoch = getattr(index, "epoch", self.epoch)  # a loader `SampleIndex` carries its epoch
+        index = int(index)
         image = self.read_image(index)
         if self.resize > 0:
             image = resize_shorter(image, self.resize)
         if self.ten_crop:
             image = center_crop(image, self.resize)
         elif self.random_crop:
-            image = random_crop(image, self.image_size, sample_rng(self.seed, self.epoch, index, STREAM_CROP))
+            image = random_crop(image, self.image_size, sample_rng(self.seed, epoch, index, STREAM_CROP))
         else:
             image = center_crop(image, self.image_size)
         if self.color == "rgb":
             image = image[..., ::-1]
         item: dict[str, Any] = {"image": np.ascontiguousarray(image), "label": int(self.labels[index]), "index": index}
         if self.contrast is not None:
-            rng = sample_rng(self.seed, self.epoch, index, STREAM_CONTRAST)
+            rng = sample_rng(self.seed, epoch, index, STREAM_CONTRAST)
             item["contrast_index"] = self.contrast.draw(index, self.crd_negatives, rng)
         return item
 
