@@ -12,4 +12,8 @@ from utility.registry import Registry
 
 DATASETS = Registry("dataset")
 
+# Importing the dataset modules registers them (face_recordio, face_image_list, face_folder,
+# cifar100, scene_list).
+from data import cifar, face, scene  # noqa: E402,F401,I001
+
 __all__ = ["DATASETS"]

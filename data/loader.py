@@ -15,7 +15,6 @@ independent of worker count and scheduling, and reproducible after a resume.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import random
 from collections.abc import Iterator
@@ -33,7 +32,6 @@ from utility.seed import worker_seed
 
 logger = logging.getLogger(__name__)
 
-_DATASET_MODULES = ("data.face", "data.cifar", "data.scene")
 _FORMATS_HELP = (
     "a .rec file (face_recordio), a *.list file such as train.list (face_image_list), a folder with "
     "image/<class>/ sub-folders (face_folder), a CIFAR-100 python folder with train/test/meta (cifar100), "
@@ -65,16 +63,6 @@ def sample_rng(seed: int, epoch: int, index: int, *parts: int) -> np.random.Gene
     return np.random.default_rng(worker_seed(int(seed), int(epoch), int(index), *parts))
 
 
-def _register_datasets() -> None:
-    """Import the dataset modules (they register themselves); absent optional modules are skipped."""
-    for module in _DATASET_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
 def infer_format(path: Path) -> str:
     """The dataset registry name a training path implies."""
     if path.suffix == ".rec" or (path.is_dir() and (path / "train.rec").is_file()):
@@ -92,7 +80,6 @@ def infer_format(path: Path) -> str:
 
 def build_dataset(cfg: Any, split: str = "train") -> Dataset:
     """The dataset for `split` ("train" reads DATA.TRAIN, "val" reads DATA.VAL)."""
-    _register_datasets()
     name = cfg.DATA.FORMAT
     if name == "auto":
         raw = cfg.DATA.TRAIN if split == "train" else cfg.DATA.VAL
@@ -247,6 +234,12 @@ class TrainLoader:
         return {}
 
 
+def _private_generator(seed: int) -> torch.Generator:
+    """The DataLoader draws its worker base seed from this, not from the global RNG: creating an
+    iterator (at resume, or for an evaluation) must not shift the stream dropout draws from."""
+    return torch.Generator().manual_seed(seed)
+
+
 def _pin_memory(cfg: Any, device: torch.device) -> bool:
     return bool(cfg.DATA.PIN_MEMORY) and device.type == "cuda" and torch.cuda.is_available()
 
@@ -271,6 +264,7 @@ def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, see
         batch_sampler=sampler,
         num_workers=workers,
         worker_init_fn=_SeedWorker(seed, rank) if workers > 0 else None,
+        generator=_private_generator(seed),
         persistent_workers=workers > 0,
         pin_memory=_pin_memory(cfg, device),
     )
@@ -287,6 +281,7 @@ def build_eval_loader(cfg: Any, dataset: Dataset, batch_size: int) -> DataLoader
         drop_last=False,
         num_workers=workers,
         worker_init_fn=_SeedWorker(int(cfg.EXPERIMENT.SEED), 0) if workers > 0 else None,
+        generator=_private_generator(int(cfg.EXPERIMENT.SEED)),
         pin_memory=_pin_memory(cfg, default_device(cfg)),
     )
 
