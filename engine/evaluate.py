@@ -343,7 +343,7 @@ def _embed_images(model: nn.Module, images: np.ndarray, cfg: CfgNode, device: to
 
     outputs = []
     for start in range(0, images.shape[0], cfg.EVAL.BATCH_SIZE):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + cfg.EVAL.BATCH_SIZE])).to(device)
+        batch = torch.from_numpy(np.array(images[start:start + cfg.EVAL.BATCH_SIZE])).to(device)  # a writable copy
         x = (batch.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
         if lower_to is None:
             views = (x, x.flip(3))

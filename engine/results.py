@@ -55,7 +55,8 @@ def _ordered_union(groups: Iterable[Iterable[str]]) -> list[str]:
 def _face_tables(variants: list[tuple[str, dict[str, Any]]]) -> str:
     sets = _ordered_union(entry.get("sets", {}) for _, entry in variants)
     columns = _ordered_union(
-        (entry["sets"][name]["results"] for name in entry.get("sets", {})) for _, entry in variants
+        [column for found in entry.get("sets", {}).values() for column in found.get("results", {})]
+        for _, entry in variants
     )
     header = ["set"] + [f"{column} ({label})" if label else column for column in columns for label, _ in variants]
 
