@@ -43,6 +43,7 @@ from kd import DISTILLERS
 from kd.a_skd import cosine_distance
 from kd.base import Distiller, Probe, Step
 from kd.kd import kd_loss
+from models.features import Features
 from utility.errors import ConfigError, DistilleryError
 
 log = logging.getLogger(__name__)
@@ -176,33 +177,38 @@ class FeatureSimilarityKD(Distiller):
     def student_step(self, batch: dict[str, Any]) -> Step:
         """Teacher (anchor, partner), then student (anchor, partner), each a separate forward so every
         batch-norm sees the same batches as in the reference; teacher logits for the logit term are
-        taken before the student head runs (AdaFace's batch statistics end with the student's)."""
+        taken before the student head runs (AdaFace's batch statistics end with the student's). The
+        teacher's own head runs only when LOGIT_TEACHER_HEAD asks for it (the reference never calls
+        it, and an AdaFace head would otherwise overwrite its batch statistics)."""
         labels = batch.get("label")
         extra: dict[str, Any] = {}
-        teacher, logits_t = self.teacher(batch.get("image_teacher", batch["image"]), labels)
+        teacher = self._teacher_features(batch.get("image_teacher", batch["image"]))
         two_views = self.cross_weight > 0 and self.partner_mode == "table"
         if two_views:
-            extra["partner_teacher"] = self.teacher(batch["image_partner_teacher"])[0]
+            extra["partner_teacher"] = self._teacher_features(batch["image_partner_teacher"])
         if self.logit_weight > 0:
-            extra["logits_t_distill"] = self._teacher_margin_logits(teacher.out, logits_t, labels)
+            extra["logits_t_distill"] = self._teacher_margin_logits(teacher.out, labels)
         student = self.student.forward_features(batch["image"])
         if two_views:
             extra["partner_student"] = self.student.forward_features(batch["image_partner"])
         logits_s = self.student.logits(student.out, labels)
-        return Step(batch=batch, student=student, logits_s=logits_s, teacher=teacher, logits_t=logits_t,
-                    extra=extra)
+        return Step(batch=batch, student=student, logits_s=logits_s, teacher=teacher, extra=extra)
 
     @torch.no_grad()
-    def _teacher_margin_logits(self, embedding_t: Tensor, logits_t: Tensor | None, labels: Tensor) -> Tensor:
+    def _teacher_features(self, images: Tensor) -> Features:
+        return self.teacher.network.forward_features(images)
+
+    @torch.no_grad()
+    def _teacher_margin_logits(self, embedding_t: Tensor, labels: Tensor) -> Tensor:
         """Teacher-side logits of the HKD term (quirk #16 by default; see the module docstring)."""
+        teacher_head = self.teacher.network.head
         if self.logit_teacher_head:
-            if logits_t is None:
+            if teacher_head is None:
                 raise ConfigError("DISTILL.F_SKD.LOGIT_TEACHER_HEAD needs TEACHER.HEAD (and its checkpoint)")
-            return logits_t
+            return teacher_head(embedding_t, labels)
         head = self.student.head
         if self.student_margin in _SELF_HEAD_MARGINS:
             return head(embedding_t, labels)
-        teacher_head = self.teacher.network.head
         if teacher_head is None:
             raise ConfigError(
                 "DISTILL.F_SKD.LOGIT_WEIGHT > 0: the teacher's class weights are needed; set TEACHER.HEAD "

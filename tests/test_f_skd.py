@@ -1,19 +1,19 @@
-"""F-SKD: point and cross-sample terms against hand computations, partners, logit term, the command."""
+"""F-SKD: point and cross-sample terms against hand computations, partner masking and selection.
+
+(One-step training, the logit term and the partner-table command are in test_face_distillers.py.)
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from kd import build_distiller
 from kd.base import Probe, Step
-from kd.f_skd import FeatureSimilarityKD, cross_sample_loss, feature_similarity_loss, main, select_partners
-from models import build_network
+from kd.f_skd import FeatureSimilarityKD, cross_sample_loss, feature_similarity_loss, select_partners
 from models.features import Features
 from utility.config import load_config
 from utility.errors import ConfigError
@@ -175,61 +175,3 @@ def test_select_partners_follows_the_reference_rule():
     assert np.array_equal(partners, again)
     anywhere = select_partners(embeddings, labels, margin=-3.0, seed=1)
     assert ((anywhere >= 0) & (anywhere < 6)).all()
-
-
-def test_partners_command_writes_a_same_identity_table(tmp_path):
-    from data.recordio import build_index, encode_image, write_face_rec
-    from engine.checkpoint import save_checkpoint
-
-    rng = np.random.default_rng(0)
-    labels = [0, 0, 0, 1, 1, 2, 2, 2]
-    bases = rng.integers(0, 255, size=(3, 32, 32, 3))
-    images = [np.clip(bases[label] + rng.integers(-20, 20, size=(32, 32, 3)), 0, 255).astype(np.uint8)
-              for label in labels]
-    rec = tmp_path / "train.rec"
-    write_face_rec(rec, [encode_image(cv2.GaussianBlur(image, (3, 3), 0)) for image in images], labels)
-    build_index(rec)
-    torch.manual_seed(0)
-    teacher = build_network(load_config(CONFIGS / "f_skd/student_cosface.yaml", TINY).TEACHER, 3)
-    checkpoint = tmp_path / "teacher" / "last.pt"
-    save_checkpoint({"model": {f"student.{k}": v for k, v in teacher.state_dict().items()}}, checkpoint)
-    table = tmp_path / "partners.npy"
-    code = main(["partners", "--config", str(CONFIGS / "f_skd/student_cosface.yaml"), *TINY,
-                 "DATA.ROOT", str(tmp_path), "DATA.TRAIN", "train.rec", "DATA.PARTNER_TABLE", "partners.npy",
-                 "DATA.WORKERS", "0", "TEACHER.CHECKPOINT", str(checkpoint), "EXPERIMENT.DEVICE", "cpu",
-                 "DISTILL.F_SKD.PARTNER_MARGIN", "-1.0"])
-    assert code == 0
-    partners = np.load(table)
-    assert partners.dtype == np.int64 and partners.shape == (8,)
-    assert all(labels[p] == labels[i] for i, p in enumerate(partners))  # same identity (or itself)
-
-
-def test_partners_command_reports_a_missing_teacher(tmp_path, capsys):
-    code = main(["partners", "--config", str(CONFIGS / "f_skd/student_cosface.yaml"),
-                 "TEACHER.CHECKPOINT", ""])
-    assert code == 2
-    assert "TEACHER.CHECKPOINT" in capsys.readouterr().err
-
-
-# -- logit term (quirk #16) -------------------------------------------------------------------------------
-@pytest.mark.parametrize("teacher_head", [False, True])
-def test_logit_term_uses_student_margin_with_teacher_weights(teacher_head):
-    overrides = TINY + ["DISTILL.F_SKD.LOGIT_WEIGHT", "1.0", "DISTILL.F_SKD.CROSS_WEIGHT", "0.0",
-                        "DISTILL.F_SKD.LOGIT_TEACHER_HEAD", str(teacher_head)]
-    cfg = load_config(CONFIGS / "f_skd/student_cosface.yaml", overrides)
-    torch.manual_seed(0)
-    distiller = build_distiller(cfg, build_network(cfg.STUDENT, 5), build_network(cfg.TEACHER, 5), 5)
-    labels = torch.tensor([0, 3, 4])
-    images = torch.randn(3, 3, 32, 32)
-    step = distiller.student_step({"image": images, "image_teacher": images, "label": labels})
-    emb_t = step.teacher.out.double()
-    weight_t = distiller.teacher.network.head.weight.double()
-    cosine = (emb_t / emb_t.norm(dim=1, keepdim=True)) @ (weight_t / weight_t.norm(dim=1, keepdim=True)).t()
-    margin = 0.4 if teacher_head else 0.2  # the teacher's own CosFace m vs the student's (quirk #16)
-    expected_t = 32.0 * (cosine - margin * torch.nn.functional.one_hot(labels, 5).double())
-    assert torch.allclose(step.extra["logits_t_distill"].double(), expected_t, atol=1e-4)
-    # the term: T^2 * batch mean of KL(p_t || p_s) at T = 4
-    p_t = torch.softmax(expected_t / 4, dim=1)
-    log_p_s = torch.log_softmax(step.logits_s.double() / 4, dim=1)
-    expected_kl = 16.0 * (p_t * (p_t.log() - log_p_s)).sum(dim=1).mean()
-    assert distiller.distill_losses(step)["f_skd_logit"].item() == pytest.approx(expected_kl.item(), rel=1e-4)
