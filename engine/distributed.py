@@ -62,6 +62,15 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
+def _rank_gpu(local_rank: int) -> torch.device:
+    """One process per GPU: LOCAL_RANK picks the device."""
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(f"LOCAL_RANK {local_rank} but only {count} CUDA device(s) are visible: "
+                          f"start at most {count} processes per node (torchrun --nproc_per_node)")
+    return torch.device("cuda", local_rank)
+
+
 def _pick_device(device_pref: str, local_rank: int, world_size: int) -> torch.device:
     """`auto`: cuda:<local_rank> when CUDA is available, else cpu; `cpu`; `cuda` / `cuda:N`."""
     if device_pref == "cpu":
@@ -69,7 +78,7 @@ def _pick_device(device_pref: str, local_rank: int, world_size: int) -> torch.de
     if device_pref == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return _rank_gpu(local_rank)
     if device_pref == "cuda" or device_pref.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ConfigError(f"EXPERIMENT.DEVICE is '{device_pref}' but CUDA is not available; "
@@ -78,8 +87,11 @@ def _pick_device(device_pref: str, local_rank: int, world_size: int) -> torch.de
             if device_pref.startswith("cuda:") and world_size > 1:
                 log.warning("EXPERIMENT.DEVICE '%s' ignored under torchrun: rank uses cuda:%d (LOCAL_RANK)",
                             device_pref, local_rank)
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        index = int(device_pref.split(":", 1)[1])
+            return _rank_gpu(local_rank)
+        index_text = device_pref.split(":", 1)[1]
+        if not index_text.isdigit():
+            raise ConfigError(f"EXPERIMENT.DEVICE '{device_pref}': the index after 'cuda:' must be a number")
+        index = int(index_text)
         if index >= torch.cuda.device_count():
             raise ConfigError(f"EXPERIMENT.DEVICE is '{device_pref}' but only "
                               f"{torch.cuda.device_count()} CUDA device(s) are visible")

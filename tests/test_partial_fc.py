@@ -139,6 +139,19 @@ def test_single_process_equals_full_margin_softmax(margin, s, m):
     assert torch.allclose(head.weight.grad, centres_b.grad, atol=1e-5)
 
 
+@pytest.mark.parametrize("name,m", [("arcface", 0.5), ("cosface", 0.35)])
+def test_single_process_agrees_with_the_registered_head(name, m):
+    """Partial FC must stay a drop-in for HEADS' arcface/cosface followed by cross-entropy."""
+    from models import HEADS
+
+    generator = torch.Generator().manual_seed(9)
+    emb, labels = torch.randn(5, 8, generator=generator), torch.tensor([3, 0, 3, 1, 2])
+    head = HEADS.build(name, 8, 4, s=64.0, m=m)
+    partial = PartialFC(8, 4, margin=name, s=64.0, m=m, weight=head.weight.detach())
+    expected = F.cross_entropy(head(emb, labels), labels)
+    assert partial(emb, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_dist_cross_entropy_single_process_is_cross_entropy():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]], requires_grad=True)
     labels = torch.tensor([2, 0])
