@@ -10,6 +10,8 @@ are not comparable with each other (`spec/face.md` ยง7.1, `spec/adadistill.md` ย
   are centred on the training folds' mean, L2-normalised and compared by cosine; thresholds
   k/10000 for k in -10000..10000 with strict inequalities; the threshold is the mean of all best ones.
 
+TAR@FAR is insightface's VAL@FAR under either protocol (computed on the protocol's fused features).
+
 Folds are contiguous blocks of the pair order (sklearn `KFold(shuffle=False)`), which keeps the
 official LFW/CFP fold structure stored in the `.bin` order. The threshold searches count with sorted
 scores instead of looping over the grid; the counts are exact integers, so the chosen thresholds are
