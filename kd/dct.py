@@ -11,8 +11,10 @@ The released code's "DCT" is the real part of the 2-D DFT (torch.fft.fft along H
 DCT-II; `transform="dft_real"` (the default) reproduces it and the published numbers.
 `transform="dct2"` is a Distillery extension: an unnormalised DCT-II along H then W, computed with
 two matrix products; it does NOT reproduce published numbers. Student and teacher maps must
-have the same H x W at every stage (true for R50->R18, R152->R34, R50->MNv2 at 224 px); the
-reference aligns nothing. The min-max steps have no epsilon in the reference (a constant map
+have the same H x W at every stage (true for R50->R18, R152->R34, R50->MNv2 at 224 px, and for
+same-family CIFAR pairs); the reference aligns nothing. DISTILL.DCT.ALIGN (another extension, off
+by default) adaptive-average-pools the larger feature map to the smaller size first, as AT does,
+so that cross-architecture CIFAR pairs (e.g. resnet32x4 -> ShuffleV1) can use the loss. The min-max steps have no epsilon in the reference (a constant map
 gives NaN, which the trainer's non-finite guard reports); DISTILL.DCT.EPS adds one.
 """
 
@@ -22,6 +24,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from kd import DISTILLERS
@@ -60,14 +63,27 @@ def attention_spectrum(feat: Tensor, transform: str = "dft_real", eps: float = 0
     return _min_max(spectrum, eps)
 
 
+def _pool_to_common_size(feat_s: Tensor, feat_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool whichever map is larger to the smaller H x W (the ALIGN extension)."""
+    size = (min(feat_s.shape[2], feat_t.shape[2]), min(feat_s.shape[3], feat_t.shape[3]))
+    if tuple(feat_s.shape[2:]) != size:
+        feat_s = F.adaptive_avg_pool2d(feat_s, size)
+    if tuple(feat_t.shape[2:]) != size:
+        feat_t = F.adaptive_avg_pool2d(feat_t, size)
+    return feat_s, feat_t
+
+
 def dct_attention_loss(feats_s: list[Tensor], feats_t: list[Tensor], teacher_correct: Tensor | None = None,
-                       transform: str = "dft_real", eps: float = 0.0) -> Tensor:
+                       transform: str = "dft_real", eps: float = 0.0, align: bool = False) -> Tensor:
     """(1/B) * sum_b mask_b * sum_l ||D_l(F_s[b]) - D_l(F_t[b])||_2 over LISTS of stage maps.
 
     feats_s, feats_t: per stage N x C x H x W (equal H x W per stage, channels may differ);
     teacher_correct: None (every sample counts) or an N-vector, 1 where the teacher's argmax
     equals the label; masked samples contribute 0 but the mean still divides by the full batch.
     The teacher side is not differentiated. Computed in float32 (FFTs do not run in bf16).
+    `transform`: "dft_real" (the reference) or "dct2"; `eps`: added to the min-max denominators
+    (0 as the reference); `align`: pool the larger map of a pair to the smaller size first (an
+    extension; without it, sizes must match).
     """
     if len(feats_s) != len(feats_t):
         raise ValueError(f"dct_attention_loss: {len(feats_s)} student stages vs {len(feats_t)} teacher stages")
@@ -75,6 +91,8 @@ def dct_attention_loss(feats_s: list[Tensor], feats_t: list[Tensor], teacher_cor
     with torch.autocast(device_type=device_type, enabled=False):
         per_sample = torch.zeros(feats_s[0].shape[0], device=feats_s[0].device)
         for feat_s, feat_t in zip(feats_s, feats_t):
+            if align:
+                feat_s, feat_t = _pool_to_common_size(feat_s, feat_t)
             if feat_s.shape[2:] != feat_t.shape[2:]:
                 raise ValueError(f"dct_attention_loss: student map {tuple(feat_s.shape[2:])} and teacher map "
                                  f"{tuple(feat_t.shape[2:])} differ; the method needs equal sizes")
@@ -100,9 +118,14 @@ class DCTAttentionDistillation(Distiller):
         stages_s, stages_t = probe.student.stages, probe.teacher.stages
         sizes_s = [tuple(f.shape[2:]) for f in stages_s]
         sizes_t = [tuple(f.shape[2:]) for f in stages_t]
-        if not sizes_s or sizes_s != sizes_t:
+        self.align = bool(node.ALIGN)
+        if not sizes_s or len(sizes_s) != len(sizes_t):
+            raise ConfigError(f"DISTILL.TYPE 'dct' needs the same number of stages in student and teacher; got "
+                              f"student {sizes_s}, teacher {sizes_t}")
+        if sizes_s != sizes_t and not self.align:
             raise ConfigError(f"DISTILL.TYPE 'dct' needs student and teacher stages of equal sizes; got student "
-                              f"{sizes_s}, teacher {sizes_t} (choose a pair whose stage maps match)")
+                              f"{sizes_s}, teacher {sizes_t} (set DISTILL.DCT.ALIGN true to pool the larger "
+                              "map of each pair, an extension the reference does not have)")
         self.weight = float(node.WEIGHT)
         self.transform = str(node.TRANSFORM)
         self.eps = float(node.EPS)
@@ -114,5 +137,6 @@ class DCTAttentionDistillation(Distiller):
             if step.logits_t is None:
                 raise ConfigError("DISTILL.DCT.TEACHER_CORRECT needs teacher class logits")
             mask = (step.logits_t.argmax(dim=1) == step.labels).float()
-        loss = dct_attention_loss(step.student.stages, step.teacher.stages, mask, self.transform, self.eps)
+        loss = dct_attention_loss(step.student.stages, step.teacher.stages, mask, self.transform, self.eps,
+                                  self.align)
         return {"dct": self.weight * loss}

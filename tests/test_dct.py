@@ -122,3 +122,14 @@ def test_gradient_reaches_student_only_and_constant_map_gives_nan_without_eps():
 def test_mismatched_sizes_are_rejected():
     with pytest.raises(ValueError, match="differ"):
         dct_attention_loss([torch.randn(1, 2, 4, 4)], [torch.randn(1, 2, 2, 2)])
+
+
+def test_align_pools_the_larger_map_first():
+    rng = np.random.default_rng(5)
+    big = rng.normal(size=(2, 3, 8, 8))
+    small_t = rng.normal(size=(2, 4, 4, 4))
+    pooled = big.reshape(2, 3, 4, 2, 4, 2).mean(axis=(3, 5))  # 2 x 2 block means
+    got = dct_attention_loss(_t([big]), _t([small_t]), align=True)
+    assert got.item() == pytest.approx(_loss_numpy([pooled], [small_t]), rel=1e-4)
+    with pytest.raises(ValueError, match="differ"):
+        dct_attention_loss(_t([big]), _t([small_t]))
