@@ -268,7 +268,7 @@ def write_scene(
             images = _scene_class_images(label, per_class, height, width, seed, purpose)
             for number, image in enumerate(images):
                 if style == "mit67":
-                    relative = f"{set_name}/{class_name}/{class_name}_{number:04d}.jpg"
+                    relative = f"{set_name}/{class_name}/{class_name}_{set_name}_{number:04d}.jpg"
                     lines.append(relative)
                 else:
                     name = f"SYN_{set_name}_{label * per_class + number + 1:08d}"

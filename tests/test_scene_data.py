@@ -191,7 +191,7 @@ def test_synthetic_scene_round_trip_and_determinism(tmp_path, style):
     assert train.read_image(0).shape == (24, 32, 3)  # 4:3 images
     assert train[5]["image"].shape == (16, 16, 3) and val[5]["image"].shape == (16, 16, 3)
     first_line = paths["train"].read_text().splitlines()[0]
-    assert first_line == ("train/scene_00/scene_00_0000.jpg" if style == "mit67" else "SYN_train_00000001 scene_00")
+    assert first_line == ("train/scene_00/scene_00_train_0000.jpg" if style == "mit67" else "SYN_train_00000001 scene_00")
 
     def digest(root: Path) -> str:
         files = sorted(p for p in root.rglob("*") if p.is_file())
