@@ -63,7 +63,8 @@ def feature_similarity_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Ten
 
 
 def _unit_frobenius(feat: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, C, HW) divided by each sample's Frobenius norm (no eps, as the reference)."""
+    """(B, C, H, W) -> (B, C, HW) divided by each sample's Frobenius norm. No eps, as the reference:
+    an all-zero map gives NaN (§9 #27, reproduced; the trainer's non-finite guard reports it)."""
     flat = feat.float().flatten(2)
     return flat / flat.norm(dim=(1, 2), keepdim=True)
 
@@ -178,8 +179,8 @@ class FeatureSimilarityKD(Distiller):
         """Teacher (anchor, partner), then student (anchor, partner), each a separate forward so every
         batch-norm sees the same batches as in the reference; teacher logits for the logit term are
         taken before the student head runs (AdaFace's batch statistics end with the student's). The
-        teacher's own head runs only when LOGIT_TEACHER_HEAD asks for it (the reference never calls
-        it, and an AdaFace head would otherwise overwrite its batch statistics)."""
+        teacher's own head runs only when LOGIT_TEACHER_HEAD or a companion method needs its logits
+        (the reference never calls it; an AdaFace head would overwrite its batch statistics)."""
         labels = batch.get("label")
         extra: dict[str, Any] = {}
         teacher = self._teacher_features(batch.get("image_teacher", batch["image"]))
@@ -188,11 +189,16 @@ class FeatureSimilarityKD(Distiller):
             extra["partner_teacher"] = self._teacher_features(batch["image_partner_teacher"])
         if self.logit_weight > 0:
             extra["logits_t_distill"] = self._teacher_margin_logits(teacher.out, labels)
+        logits_t = None
+        if len(self.companions) and self.teacher.network.head is not None:  # e.g. "f_skd+kd" reads them
+            with torch.no_grad():
+                logits_t = self.teacher.network.head(teacher.out, labels)
         student = self.student.forward_features(batch["image"])
         if two_views:
             extra["partner_student"] = self.student.forward_features(batch["image_partner"])
         logits_s = self.student.logits(student.out, labels)
-        return Step(batch=batch, student=student, logits_s=logits_s, teacher=teacher, extra=extra)
+        return Step(batch=batch, student=student, logits_s=logits_s, teacher=teacher, logits_t=logits_t,
+                    extra=extra)
 
     @torch.no_grad()
     def _teacher_features(self, images: Tensor) -> Features:
