@@ -175,7 +175,7 @@ class SceneList(Dataset):
     Items: `image` (uint8 HWC in DATA.COLOR order; IMAGE_SIZE square, or RESIZE square for ten-crop
     evaluation), `label`, `index`, and for training with DATA.CRD_NEGATIVES = K > 0 `contrast_index`
     (see `data.cifar.ContrastSampler`; DATA.CRD_POOL "dct_first_n" reproduces the DCT scene quirk).
-    `set_epoch` selects the epoch whose random crops and negatives are drawn.
+    Random crops and negatives follow the epoch of the loader's `SampleIndex` (or `set_epoch`).
     """
 
     def __init__(self, cfg: CfgNode, split: str = "train") -> None:
@@ -186,18 +186,17 @@ class SceneList(Dataset):
         self.entries = parse_list(list_path)
         if not self.entries:
             raise DataError(f"{list_path}: the list is empty")
-        other_entries = [] if self.training or not cfg.DATA.TRAIN else parse_list(_list_path(cfg, "TRAIN"))
-        if other_entries:
+        # the other split's list: for the shared-name check, and for class names without a class file
+        other_key = "VAL" if self.training else "TRAIN"
+        other_entries = parse_list(_list_path(cfg, other_key)) if cfg.DATA[other_key] else []
+        if other_entries and not self.training:
             _warn_shared_names(other_entries, self.entries)
 
         class_file = list_path.parent / CLASS_FILE
         if class_file.is_file():
             self.class_names = read_class_file(class_file)
         else:
-            pair = [*self.entries, *other_entries]
-            if self.training and cfg.DATA.VAL:
-                pair += parse_list(_list_path(cfg, "VAL"))
-            self.class_names = sorted({entry.class_name for entry in pair})
+            self.class_names = sorted({entry.class_name for entry in [*self.entries, *other_entries]})
         class_ids = {name: number for number, name in enumerate(self.class_names)}
         for entry in self.entries:
             if entry.class_name not in class_ids:
