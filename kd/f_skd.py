@@ -171,8 +171,9 @@ class FeatureSimilarityKD(Distiller):
                 "DISTILL.F_SKD.CROSS_WEIGHT > 0 needs partner views: set DATA.PARTNER to 'shuffle' (in-batch) "
                 "or 'table' (same identity, from `python -m kd.f_skd partners`), or CROSS_WEIGHT 0"
             )
-        if self.logit_weight > 0 and not self.student_margin:
-            raise ConfigError("DISTILL.F_SKD.LOGIT_WEIGHT > 0 distils margin-head logits: set STUDENT.HEAD")
+        if self.logit_weight > 0 and (not self.student_margin or cfg.SOLVER.PARTIAL_FC):
+            raise ConfigError("DISTILL.F_SKD.LOGIT_WEIGHT > 0 distils full margin-head logits: set STUDENT.HEAD "
+                              "and leave SOLVER.PARTIAL_FC off")
 
     # -- forward passes -------------------------------------------------------------------------
     def student_step(self, batch: dict[str, Any]) -> Step:
@@ -196,7 +197,12 @@ class FeatureSimilarityKD(Distiller):
         student = self.student.forward_features(batch["image"])
         if two_views:
             extra["partner_student"] = self.student.forward_features(batch["image_partner"])
-        logits_s = self.student.logits(student.out, labels)
+        head = self.student.head
+        if getattr(head, "computes_loss", False):  # Partial FC: the head returns its loss, no logits
+            logits_s = None
+            extra["head_loss"] = head(student.out, labels)
+        else:
+            logits_s = self.student.logits(student.out, labels)
         return Step(batch=batch, student=student, logits_s=logits_s, teacher=teacher, logits_t=logits_t,
                     extra=extra)
 
