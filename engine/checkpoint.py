@@ -81,9 +81,10 @@ def unpack_rng(packed: dict[str, Any]) -> dict[str, Any]:
 
 # -- published layouts ----------------------------------------------------------------------------
 def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Peel the usual wrappers (`{'model': sd}`, `{'state_dict': sd}`, `net_state_dict`) and `module.`."""
+    """Peel the usual wrappers (`{'model': sd}`, `{'state_dict': sd}`, A-SKD's `net_state_dict`,
+    the DCT repository's `model_state_dict`) and DDP's `module.` prefix."""
     sd: Any = state_dict
-    for key in ("net_state_dict", "state_dict", "model"):
+    for key in ("net_state_dict", "model_state_dict", "state_dict", "model"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]
             break

@@ -144,7 +144,7 @@ def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teache
     for name, path in targets.items():
         network = load_for_test(cfg, node, path, env.device)
         with torch.no_grad():
-            summary[name] = evaluate(cfg, network, env.device, output_dir=out_dir)
+            summary[name] = evaluate(cfg, network, env.device, output_dir=out_dir / f"roc_{name}")
         summary[name]["checkpoint"] = str(path)
     summary.setdefault("best", summary["last"])
     write_results(summary, out_dir)

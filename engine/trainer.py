@@ -40,6 +40,7 @@ from kd import build_distiller
 from kd.base import Distiller
 from models import build_network
 from models.network import Network
+from models.partial_fc import PartialFC
 from utility.errors import CheckpointError, ConfigError, DistilleryError
 from utility.seed import rng_state, seed_everything, set_rng_state, worker_seed
 
@@ -64,12 +65,23 @@ def _precision_dtype(cfg: Any, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def build_networks(cfg: Any, role: str, num_classes: int, uses_teacher: bool) -> tuple[Network, Network | None]:
-    """The trained network (TEACHER node for role 'teacher', STUDENT otherwise) and the frozen teacher."""
+def build_networks(cfg: Any, role: str, num_classes: int, uses_teacher: bool,
+                   env: dist.DistEnv | None = None) -> tuple[Network, Network | None]:
+    """The trained network (TEACHER node for role 'teacher', STUDENT otherwise) and the frozen teacher.
+
+    With SOLVER.PARTIAL_FC the trained network's ArcFace/CosFace head becomes a `PartialFC` whose
+    class centres are sharded over the ranks (identical to the plain head in one process).
+    """
     trained_node = cfg.TEACHER if role == "teacher" else cfg.STUDENT
     if not trained_node.BACKBONE:
         raise ConfigError(f"{'TEACHER' if role == 'teacher' else 'STUDENT'}.BACKBONE is empty; name a backbone")
     trained = build_network(trained_node, num_classes)
+    if cfg.SOLVER.PARTIAL_FC:
+        if trained_node.HEAD not in ("arcface", "cosface"):
+            raise ConfigError(f"SOLVER.PARTIAL_FC shards ArcFace/CosFace heads; HEAD is '{trained_node.HEAD}'")
+        trained.head = PartialFC(trained_node.EMBEDDING_SIZE, num_classes, margin=trained_node.HEAD,
+                                 s=trained_node.HEAD_S, m=trained_node.HEAD_M,
+                                 sample_rate=cfg.SOLVER.SAMPLE_RATE, env=env)
     if trained_node.PRETRAINED:
         load_pretrained_backbone(trained.backbone, trained_node.PRETRAINED, trained_node.CHECKPOINT_SOURCE)
     if trained_node.CHECKPOINT:
@@ -136,7 +148,7 @@ class Trainer:
         self.plan.total_iters = self._total_iters(self.loader.batches_per_epoch)
         self.transform = TrainTransform(cfg)
 
-        student, teacher = build_networks(cfg, role, self.num_classes, _method_uses_teacher(cfg))
+        student, teacher = build_networks(cfg, role, self.num_classes, _method_uses_teacher(cfg), self.env)
         self.distiller: Distiller = build_distiller(cfg, student, teacher, self.num_classes).to(self.device)
         if cfg.SOLVER.SYNC_BN and self.env.world_size > 1:
             self.distiller.student = dist.convert_sync_bn(self.distiller.student)
@@ -182,19 +194,41 @@ class Trainer:
                 network.backbone.forward_features = torch.compile(network.backbone.forward_features)
 
     def _wrap_ddp(self, distiller: Distiller) -> nn.Module:
-        """DDP over the distiller with the teacher's parameters and buffers ignored (never synced)."""
-        if self.env.world_size <= 1:
-            return distiller
-        if distiller.teacher is not None:
-            ignore = [f"teacher.{name}" for name, _ in distiller.teacher.named_parameters()]
-            ignore += [f"teacher.{name}" for name, _ in distiller.teacher.named_buffers()]
-            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(distiller, ignore)
+        """DDP over the distiller; the teacher and per-rank state (Partial FC shards) stay outside.
+
+        Buffers are not broadcast: per-rank BN statistics as in the seeds (SOLVER.SYNC_BN syncs them),
+        and method state such as memory banks stays each rank's own.
+        """
         return dist.wrap_ddp(distiller, self.env, broadcast_buffers=False)
 
+    def _clipped_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose gradient norm is clipped: all trainable ones except per-rank shards,
+        whose norms differ between ranks and would make the replicas drift apart."""
+        ignored = {id(p) for m in self.distiller.modules() if getattr(m, "ddp_ignore", False) for p in m.parameters()}
+        return [p for p in self.distiller.trainable_parameters() if id(p) not in ignored]
+
     # -- checkpoints ----------------------------------------------------------------------------
+    def _sharded_heads(self) -> dict[str, PartialFC]:
+        return {name: m for name, m in self.distiller.named_modules() if isinstance(m, PartialFC)}
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The distiller's state with Partial FC shards gathered into full (C, D) centres, so a
+        checkpoint loads under any number of processes (a collective: every rank calls it)."""
+        state = self.distiller.state_dict()
+        for name, head in self._sharded_heads().items():
+            state[f"{name}.weight"] = head.full_weight()
+        return state
+
+    def load_model_state(self, state: dict[str, torch.Tensor], origin: str) -> None:
+        state = dict(state)
+        for name, head in self._sharded_heads().items():
+            head.load_full_weight(state[f"{name}.weight"].to(head.weight.device))
+            state[f"{name}.weight"] = head.weight.detach()
+        load_strict(self.distiller, state, origin)
+
     def checkpoint_state(self) -> dict[str, Any]:
         return {
-            "model": self.distiller.state_dict(),
+            "model": self.model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "iteration": self.iteration,
@@ -208,8 +242,9 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         path = self.output_dir / name
+        state = self.checkpoint_state()  # every rank: gathering sharded heads is a collective
         if self.env.is_main:
-            save_checkpoint(self.checkpoint_state(), path)
+            save_checkpoint(state, path)
         dist.barrier()
         return path
 
@@ -218,7 +253,7 @@ class Trainer:
         if not path.is_file():
             raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
         state = load_checkpoint(path, map_location=self.device)
-        load_strict(self.distiller, state["model"], str(path))
+        self.load_model_state(state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
@@ -235,8 +270,7 @@ class Trainer:
             network = self.distiller.student
             was_training = network.training
             network.eval()
-            with self._autocast():
-                results = evaluate(self.cfg, network, self.device, output_dir=self.output_dir)
+            results = evaluate(self.cfg, network, self.device, output_dir=self.output_dir)  # fp32: faithful numbers
             network.train(was_training)
             results["iteration"] = self.iteration
             self.last_results = results
@@ -284,7 +318,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.cfg.SOLVER.GRAD_CLIP > 0:
-            nn.utils.clip_grad_norm_(list(self.distiller.trainable_parameters()), self.cfg.SOLVER.GRAD_CLIP)
+            nn.utils.clip_grad_norm_(self._clipped_parameters(), self.cfg.SOLVER.GRAD_CLIP)
         self.optimizer.step()
         self.scheduler.step()
         return total.detach(), {k: v.detach() for k, v in losses.items()}

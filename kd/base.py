@@ -29,7 +29,7 @@ class Step:
 
     batch: dict[str, Any]
     student: Features  # student features (student.out = embedding or logits)
-    logits_s: Tensor  # student class logits (head output with margin at the label, or backbone logits)
+    logits_s: Tensor | None  # student class logits (margin at the label, or backbone logits); None with Partial FC
     teacher: Features | None = None  # teacher features, computed without gradients
     logits_t: Tensor | None = None  # teacher class logits (no gradient), when the teacher has them
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific extras (partner views, ...)
@@ -101,9 +101,15 @@ class Distiller(nn.Module):
         return {}
 
     def classification_losses(self, step: Step) -> dict[str, Tensor]:
-        """The student's own supervised term: cross-entropy on its logits, weighted by CE_WEIGHT."""
+        """The student's own supervised term: cross-entropy on its logits, weighted by CE_WEIGHT.
+
+        A head that computes its loss itself (Partial FC: the softmax is distributed over ranks)
+        left it in `step.extra["head_loss"]`.
+        """
         if self.ce_weight == 0:
             return {}
+        if "head_loss" in step.extra:
+            return {"ce": self.ce_weight * step.extra["head_loss"]}
         return {"ce": self.ce_weight * F.cross_entropy(step.logits_s.float(), step.labels)}
 
     # -- shared machinery ----------------------------------------------------------------------
@@ -126,8 +132,12 @@ class Distiller(nn.Module):
     def student_step(self, batch: dict[str, Any]) -> Step:
         """Run the student (and the teacher if present) on one batch."""
         features = self.student.forward_features(batch["image"])
-        logits = self.student.logits(features.out, batch.get("label"))
-        step = Step(batch=batch, student=features, logits_s=logits)
+        head = self.student.head
+        if getattr(head, "computes_loss", False):  # Partial FC: no full logits exist on any rank
+            step = Step(batch=batch, student=features, logits_s=None)
+            step.extra["head_loss"] = head(features.out, batch["label"])
+        else:
+            step = Step(batch=batch, student=features, logits_s=self.student.logits(features.out, batch.get("label")))
         if self.teacher is not None:
             step.teacher, step.logits_t = self.teacher(batch.get("image_teacher", batch["image"]),
                                                        batch.get("label"))

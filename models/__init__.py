@@ -24,7 +24,7 @@ def backbone_kwargs(node: Any, num_classes: int) -> dict[str, Any]:
     """Constructor keywords for the backbone a TEACHER/STUDENT node names."""
     name = node.BACKBONE
     if name.startswith("face."):
-        return {
+        kwargs = {
             "num_features": node.EMBEDDING_SIZE,
             "dropout": node.DROPOUT,
             "attention": node.ATTENTION,
@@ -32,6 +32,9 @@ def backbone_kwargs(node: Any, num_classes: int) -> dict[str, Any]:
             "hints": node.HINTS,
             "hint_bn": node.HINT_BN,
         }
+        if node.WIDTH != 64:  # only the iResNets have a width option
+            kwargs["width"] = node.WIDTH
+        return kwargs
     return {"num_classes": num_classes}
 
 

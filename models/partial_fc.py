@@ -179,6 +179,8 @@ class PartialFC(nn.Module):
 
     #: the shard differs per rank on purpose: DDP must neither broadcast nor average it
     ddp_ignore = True
+    #: the head returns the loss, not logits (the distiller reads it as the classification term)
+    computes_loss = True
 
     def __init__(self, embedding_size: int, num_classes: int, margin: str | MarginFn = "arcface",
                  s: float = 64.0, m: float = 0.5, sample_rate: float = 1.0, env: Any = None,

@@ -32,8 +32,12 @@ from utility.errors import ConfigError
 
 ATTENTION_TYPES = ("none", "cbam", "cbam_a_skd")
 POOLING_TYPES = ("E", "A")
-STAGE_WIDTHS = (64, 128, 256, 512)
-FLATTENED_SIZE = 512 * 7 * 7  # layer-4 map at 112x112 input, flattened for the embedding FC
+PUBLISHED_WIDTH = 64  # stem / first-stage width of every published iResNet
+
+
+def stage_widths(width: int) -> tuple[int, int, int, int]:
+    """Stage widths for a base width (64 -> 64, 128, 256, 512: the published networks)."""
+    return (width, 2 * width, 4 * width, 8 * width)
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -108,26 +112,27 @@ class IResNet(nn.Module):
 
     def __init__(self, layers: list[int], num_features: int = 512, dropout: float = 0.0,
                  attention: str = "none", pooling: str = "E", hints: bool = False,
-                 hint_bn: bool = True) -> None:
+                 hint_bn: bool = True, width: int = PUBLISHED_WIDTH) -> None:
         super().__init__()
-        _check_options(attention, pooling, num_features, dropout)
+        _check_options(attention, pooling, num_features, dropout, width)
+        widths = stage_widths(width)
         self.attention_type = attention
         self.pooling = pooling
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
-        self.prelu = nn.PReLU(64)
-        inplanes = 64
-        for index, (planes, depth) in enumerate(zip(STAGE_WIDTHS, layers), start=1):
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width, eps=1e-5)
+        self.prelu = nn.PReLU(width)
+        inplanes = width
+        for index, (planes, depth) in enumerate(zip(widths, layers), start=1):
             self.add_module(f"layer{index}", _make_stage(inplanes, planes, depth, attention))
             inplanes = planes
         self.hints = hints
         if hints:
-            for index, planes in enumerate(STAGE_WIDTHS, start=1):
+            for index, planes in enumerate(widths, start=1):
                 self.add_module(f"hint_layer{index}", HintLayer(planes, hint_bn))
         if pooling == "E":
-            self.bn2 = nn.BatchNorm2d(512, eps=1e-5)
+            self.bn2 = nn.BatchNorm2d(widths[-1], eps=1e-5)
             self.dropout = nn.Dropout(p=dropout)
-            self.fc = nn.Linear(FLATTENED_SIZE, num_features)
+            self.fc = nn.Linear(widths[-1] * 7 * 7, num_features)
             self.features = nn.BatchNorm1d(num_features, eps=1e-5)
         self._init_weights()
 
@@ -177,14 +182,17 @@ class IResNet(nn.Module):
                         attention_logits=logits, raw_stages=raw_stages)
 
 
-def _check_options(attention: str, pooling: str, num_features: int, dropout: float) -> None:
+def _check_options(attention: str, pooling: str, num_features: int, dropout: float, width: int) -> None:
+    if width < 16 or width % 16:
+        raise ConfigError(f"WIDTH {width}: use a multiple of 16 (64 = the published networks), so that "
+                          "every CBAM bottleneck (width / 16) keeps at least one channel")
     if attention not in ATTENTION_TYPES:
         raise ConfigError(f"ATTENTION '{attention}' is not an iResNet option; use one of {ATTENTION_TYPES}")
     if pooling not in POOLING_TYPES:
         raise ConfigError(f"POOLING '{pooling}' is not an iResNet option; use 'E' (BN-FC-BN) or 'A' (GAP)")
-    if pooling == "A" and num_features != 512:
-        raise ConfigError(f"POOLING 'A' gives the 512-d average of layer 4; set EMBEDDING_SIZE 512 "
-                          f"(got {num_features}) or use POOLING 'E'")
+    if pooling == "A" and num_features != 8 * width:
+        raise ConfigError(f"POOLING 'A' gives the {8 * width}-d average of layer 4; set EMBEDDING_SIZE "
+                          f"{8 * width} (got {num_features}) or use POOLING 'E'")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"DROPOUT must be in [0, 1), got {dropout}")
 
@@ -203,9 +211,10 @@ def _make_stage(inplanes: int, planes: int, depth: int, attention: str) -> IResN
 
 def _register(name: str, layers: list[int]) -> None:
     def build(num_features: int = 512, dropout: float = 0.0, attention: str = "none",
-              pooling: str = "E", hints: bool = False, hint_bn: bool = True) -> IResNet:
+              pooling: str = "E", hints: bool = False, hint_bn: bool = True,
+              width: int = PUBLISHED_WIDTH) -> IResNet:
         return IResNet(layers, num_features=num_features, dropout=dropout, attention=attention,
-                       pooling=pooling, hints=hints, hint_bn=hint_bn)
+                       pooling=pooling, hints=hints, hint_bn=hint_bn, width=width)
 
     build.__name__ = name.replace("face.", "")
     build.__doc__ = f"{name}: iResNet with stage depths {layers} (see `IResNet`)."
