@@ -255,6 +255,27 @@ def test_amldistill_uses_the_teacher_head_centres():
     assert losses["cosdistill"].item() == pytest.approx(expected.item(), rel=1e-4)
 
 
+def test_f_skd_distils_the_hinted_student_stages():
+    torch.manual_seed(0)
+    _, distiller = _build("f_skd/student_cosface.yaml", TINY)
+    distiller.train()
+    batch = _batch(4, 32)
+    _, losses = distiller(batch)
+    with torch.no_grad():
+        student = distiller.student.forward_features(batch["image"])  # train-mode BN: same batch, same maps
+        teacher = distiller.teacher.network.forward_features(batch["image_teacher"])
+
+    def point(stages):
+        total = 0.0
+        for s, t in zip(stages, teacher.stages):
+            s, t = s.flatten(1).double(), t.flatten(1).double()
+            total += (1 - (s * t).sum(1) / (s.norm(dim=1) * t.norm(dim=1))).mean().item()
+        return 20.0 * total / len(stages)
+
+    assert losses["f_skd_point"].item() == pytest.approx(point(student.stages), rel=1e-4)
+    assert losses["f_skd_point"].item() != pytest.approx(point(student.raw_stages), rel=1e-3)
+
+
 # -- F-SKD logit term (quirk #16) --------------------------------------------------------------------------
 @pytest.mark.parametrize("teacher_head", [False, True])
 def test_logit_term_uses_student_margin_with_teacher_weights(teacher_head):
