@@ -73,6 +73,8 @@ class AttentionSimilarityKD(Distiller):
     has no hint layers (spec face.md §9 #21) and starts from scratch.
     """
 
+    uses_teacher_logits = False  # reads teacher features only
+
     def setup(self, cfg: Any, probe: Probe) -> None:
         node = cfg.DISTILL.A_SKD
         self.weight = float(node.WEIGHT)

@@ -125,6 +125,8 @@ def _require_headless_student(cfg: Any, name: str) -> None:
 class AdaDistill(Distiller):
     """The student's loss is AdaDistillLoss (margin, s, m, weighted alpha from DISTILL.ADADISTILL)."""
 
+    uses_teacher_logits = False  # reads teacher features only
+
     def setup(self, cfg: Any, probe: Probe) -> None:
         _require_headless_student(cfg, "adadistill")
         if probe.teacher is None:

@@ -74,6 +74,8 @@ def select_stage_pairs(stages: list[int], num_student: int, num_teacher: int) ->
 class AttentionTransfer(Distiller):
     """Sum of `at_loss` over the chosen stage pairs, times DISTILL.AT.WEIGHT; no trainable extras."""
 
+    uses_teacher_logits = False  # reads teacher features only
+
     def setup(self, cfg: Any, probe: Probe) -> None:
         if probe.teacher is None:
             raise ConfigError("DISTILL.TYPE 'at' needs a teacher: set TEACHER.BACKBONE and TEACHER.CHECKPOINT")

@@ -62,8 +62,14 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Features, Tensor | None]:
+    def forward(self, x: Tensor, labels: Tensor | None = None,
+                with_logits: bool = True) -> tuple[Features, Tensor | None]:
+        """Features and (optionally) class logits. Methods that never read the teacher's logits skip
+        its head: an AdaFace head updates its batch statistics whenever it runs, which the seeds'
+        teachers never do for those methods."""
         features = self.network.forward_features(x)
+        if not with_logits:
+            return features, None
         logits = features.out if self.network.head is None else self.network.head(features.out, labels)
         return features, logits
 
@@ -73,6 +79,8 @@ class Distiller(nn.Module):
 
     #: whether the method needs the teacher at all (plain training does not)
     uses_teacher: bool = True
+    #: whether the method reads the teacher's class logits (KD-style terms) or only its features
+    uses_teacher_logits: bool = True
 
     def __init__(self, cfg: Any, student: Network, teacher: Network | None = None,
                  num_classes: int = 0, companions: tuple[str, ...] = ()) -> None:
@@ -91,6 +99,7 @@ class Distiller(nn.Module):
         probe = self._probe()
         self.setup(cfg, probe)
         self.companions = nn.ModuleList(_registry().get(n).companion(cfg, probe) for n in companions)
+        self.teacher_logits_needed = self.uses_teacher_logits or any(c.uses_teacher_logits for c in self.companions)
 
     # -- what a method overrides ---------------------------------------------------------------
     def setup(self, cfg: Any, probe: Probe) -> None:
@@ -118,6 +127,8 @@ class Distiller(nn.Module):
         """This method's terms without owning any network, to be added to another distiller."""
         obj = cls.__new__(cls)
         nn.Module.__init__(obj)
+        obj.student = obj.teacher = None  # the owning distiller runs the networks
+        obj.companions = nn.ModuleList()
         obj.cfg = cfg
         obj.num_classes = probe.num_classes
         obj.setup(cfg, probe)
@@ -140,7 +151,7 @@ class Distiller(nn.Module):
             step = Step(batch=batch, student=features, logits_s=self.student.logits(features.out, batch.get("label")))
         if self.teacher is not None:
             step.teacher, step.logits_t = self.teacher(batch.get("image_teacher", batch["image"]),
-                                                       batch.get("label"))
+                                                       batch.get("label"), self.teacher_logits_needed)
         return step
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -144,6 +144,8 @@ def crd_state_from_repdistiller(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 class ContrastiveRepresentationDistillation(Distiller):
     """`CRDLoss` on the pooled vectors, times DISTILL.CRD.WEIGHT; embeddings and banks train/live here."""
 
+    uses_teacher_logits = False  # reads teacher features only
+
     def setup(self, cfg: Any, probe: Probe) -> None:
         node = cfg.DISTILL.CRD
         if probe.teacher is None or probe.teacher.pooled is None or probe.student.pooled is None:

@@ -32,6 +32,8 @@ def hint_mse_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
 class FitNet(Distiller):
     """Student margin CE + WEIGHT x hint_mse_loss(hinted student stages, teacher stages)."""
 
+    uses_teacher_logits = False  # reads teacher features only
+
     def setup(self, cfg: Any, probe: Probe) -> None:
         self.weight = float(cfg.DISTILL.FITNET.WEIGHT)
         if probe.teacher is None:

@@ -61,6 +61,8 @@ def rkd_loss(emb_s: Tensor, emb_t: Tensor, w_dist: float = 25.0, w_angle: float 
 class RelationalKD(Distiller):
     """WEIGHT x rkd_loss(student vector, teacher vector, W_DIST, W_ANGLE)."""
 
+    uses_teacher_logits = False  # reads teacher features only
+
     def setup(self, cfg: Any, probe: Probe) -> None:
         node = cfg.DISTILL.RKD
         self.weight = float(node.WEIGHT)
