@@ -32,6 +32,7 @@ from engine.checkpoint import (
 )
 from engine.curves import plot_training_curves
 from engine.evaluate import evaluate
+from engine.fast_path import apply_fast_path
 from engine.optim import build_optimizer, build_scheduler, scaled_lr
 from engine.pretrained import load_pretrained_backbone
 from engine.results import write_results
@@ -139,7 +140,8 @@ class Trainer:
         seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
 
         self.dataset = build_dataset(cfg, split="train")
-        self.cfg = cfg = _fill_data_dependent_keys(cfg, self.dataset)
+        # SOLVER.FAST_PATH resolved into COMPILE / CHANNELS_LAST / FUSED once, for all code below
+        self.cfg = cfg = apply_fast_path(_fill_data_dependent_keys(cfg, self.dataset), self.device)
         self.num_classes = int(cfg.DATA.NUM_CLASSES or self.dataset.num_classes)
         self.plan = self._plan(len(self.dataset))
         self.loader = build_train_loader(cfg, self.dataset, self.plan.batch_per_rank, cfg.EXPERIMENT.SEED,
