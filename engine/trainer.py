@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed
 from torch import nn
 
 from data.loader import build_dataset, build_train_loader, to_device
@@ -41,7 +42,7 @@ from kd import build_distiller
 from kd.base import Distiller
 from models import build_network
 from models.network import Network
-from models.partial_fc import PartialFC
+from models.partial_fc import PartialFC, class_shard
 from utility.errors import CheckpointError, ConfigError, DistilleryError
 from utility.seed import rng_state, seed_everything, set_rng_state, worker_seed
 
@@ -145,7 +146,8 @@ class Trainer:
         self.num_classes = int(cfg.DATA.NUM_CLASSES or self.dataset.num_classes)
         self.plan = self._plan(len(self.dataset))
         self.loader = build_train_loader(cfg, self.dataset, self.plan.batch_per_rank, cfg.EXPERIMENT.SEED,
-                                         rank=self.env.rank, world_size=self.env.world_size)
+                                         rank=self.env.rank, world_size=self.env.world_size,
+                                         device=self.device)  # this rank's device, not DEVICE's
         self.plan.iters_per_epoch = self.loader.batches_per_epoch
         self.plan.total_iters = self._total_iters(self.loader.batches_per_epoch)
         self.transform = TrainTransform(cfg)
@@ -228,13 +230,47 @@ class Trainer:
             state[f"{name}.weight"] = head.weight.detach()
         load_strict(self.distiller, state, origin)
 
+    def _sharded_slots(self) -> dict[int, PartialFC]:
+        """Optimizer state-dict slot -> Partial FC head, for the heads' sharded centres."""
+        slots = {id(p): i for i, p in enumerate(p for g in self.optimizer.param_groups for p in g["params"])}
+        return {slots[id(h.weight)]: h for h in self._sharded_heads().values() if id(h.weight) in slots}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state with each Partial FC shard's momentum/moments gathered into full
+        (C, D) rows, as the centres are: otherwise rank 0's shard state would be loaded by every
+        rank on resume (a collective: every rank calls it)."""
+        state = self.optimizer.state_dict()
+        for slot, head in self._sharded_slots().items():
+            if slot in state["state"]:
+                state["state"][slot] = {
+                    key: _gather_shard_rows(value, head) if _is_shard_shaped(value, head) else value
+                    for key, value in state["state"][slot].items()
+                }
+        return state
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `optimizer_state`: each rank keeps its own rows of the gathered shard state."""
+        state = {**state, "state": dict(state["state"])}
+        for slot, head in self._sharded_slots().items():
+            if slot in state["state"]:
+                full = (head.num_classes, *head.weight.shape[1:])
+                stop = head.class_start + head.num_local
+                state["state"][slot] = {
+                    key: value[head.class_start:stop] if torch.is_tensor(value) and tuple(value.shape) == full
+                    else value for key, value in state["state"][slot].items()
+                }
+        self.optimizer.load_state_dict(state)
+
     def checkpoint_state(self) -> dict[str, Any]:
+        """Everything `--resume` needs (a collective under DDP: every rank calls it)."""
+        own_rng = pack_rng(rng_state())
         return {
             "model": self.model_state(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "iteration": self.iteration,
-            "rng": pack_rng(rng_state()),
+            "rng": own_rng,
+            "rng_ranks": _all_gather_object(own_rng),  # each rank's own streams (dropout draws differ)
             "best": dict(self.best),
             "role": self.role,
             "num_classes": self.num_classes,
@@ -256,13 +292,27 @@ class Trainer:
             raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
         state = load_checkpoint(path, map_location=self.device)
         self.load_model_state(state["model"], str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_optimizer_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
         self.best.update(state.get("best", {}))
         self.history = list(state.get("history", []))
-        set_rng_state(unpack_rng(state["rng"]))
+        rng_ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(rng_ranks) == self.env.world_size:
+            set_rng_state(unpack_rng(rng_ranks[self.env.rank]))
+        else:  # another number of processes: exact continuation is impossible anyway
+            log.warning("resuming %d process(es) from a checkpoint of %d: random streams restart per rank",
+                        self.env.world_size, len(rng_ranks))
+            set_rng_state(unpack_rng(rng_ranks[0]))
+            self._seed_rank_streams()
         log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _seed_rank_streams(self) -> None:
+        """Under DDP, give each rank its own global RNG stream once the (identical) initial weights
+        exist, so dropout masks differ between ranks as they differ between samples of one batch."""
+        if self.env.world_size > 1:
+            seed_everything(worker_seed(self.cfg.EXPERIMENT.SEED, self.iteration, self.env.rank, self.env.world_size),
+                            self.cfg.EXPERIMENT.DETERMINISTIC)
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any] | None:
@@ -338,6 +388,8 @@ class Trainer:
         cfg, plan = self.cfg, self.plan
         if self.resume:
             self.load_resume_state()
+        else:
+            self._seed_rank_streams()
         if self.env.is_main:
             write_run_files(cfg, self.output_dir, self.device, self.env.world_size, self.role)
         self._open_writer()
@@ -412,6 +464,33 @@ class Trainer:
             progress.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "lr": f"{lr:.3g}",
                                   "img/s": f"{images_per_s:.0f}"}, refresh=False)
         log.debug("iteration %d: %s", self.iteration, values)
+
+
+def _is_shard_shaped(value: Any, head: PartialFC) -> bool:
+    return torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) == tuple(head.weight.shape)
+
+
+def _gather_shard_rows(shard: torch.Tensor, head: PartialFC) -> torch.Tensor:
+    """A tensor shaped like `head`'s (local, D) shard, gathered from every rank into (C, D) rows in
+    class order (shards may differ in size by one, so they travel padded)."""
+    if head.world_size <= 1:
+        return shard.detach().clone()
+    largest = -(-head.num_classes // head.world_size)
+    padded = shard.new_zeros(largest, *shard.shape[1:])
+    padded[:shard.shape[0]] = shard
+    parts = [torch.empty_like(padded) for _ in range(head.world_size)]
+    torch.distributed.all_gather(parts, padded)
+    counts = [class_shard(head.num_classes, r, head.world_size)[1] for r in range(head.world_size)]
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+
+def _all_gather_object(obj: Any) -> list[Any]:
+    """`obj` from every rank, in rank order ([obj] in a single process)."""
+    if dist.get_world_size() <= 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 def _flat_metrics(results: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -50,9 +50,19 @@ class TinyConvNet(nn.Module):
         return self.forward_features(x).out
 
 
+class TinyDropoutNet(TinyConvNet):
+    """The same with dropout: training draws from the global RNG, which differs per rank."""
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        stage = torch.relu(self.conv(x))
+        pooled = nn.functional.dropout(stage.mean(dim=(2, 3)), p=0.5, training=self.training)
+        return Features(out=self.fc(pooled), stages=[stage], pooled=pooled)
+
+
 if "test.ddp_tiny" not in BACKBONES:
     BACKBONES.register("test.ddp_tiny")(lambda num_classes: TinyConvNet(num_classes))
     BACKBONES.register("test.ddp_tiny_embedding")(lambda num_classes: TinyConvNet(num_classes, EMBEDDING))
+    BACKBONES.register("test.ddp_tiny_dropout")(lambda num_classes: TinyDropoutNet(num_classes, EMBEDDING))
 
 
 def overrides(root: Path, out: Path, *extra: str) -> list[str]:
@@ -238,10 +248,10 @@ def test_non_finite_loss_on_one_rank_stops_both(cifar_root, tmp_path, no_torchru
 
 
 # -- Partial FC -------------------------------------------------------------------------------------
-def _partial_fc_overrides(root: Path, out: Path) -> list[str]:
+def _partial_fc_overrides(root: Path, out: Path, *extra: str) -> list[str]:
     return overrides(root, out, "STUDENT.BACKBONE", "test.ddp_tiny_embedding", "STUDENT.HEAD", "arcface",
                      "STUDENT.EMBEDDING_SIZE", str(EMBEDDING), "STUDENT.HEAD_S", "8.0", "STUDENT.HEAD_M", "0.3",
-                     "SOLVER.PARTIAL_FC", "True", "SOLVER.MAX_ITERS", "3")
+                     "SOLVER.PARTIAL_FC", "True", "SOLVER.MAX_ITERS", "3", *extra)
 
 
 def _partial_fc_worker(rank: int, port: int, out: str, root: str) -> None:
@@ -249,14 +259,27 @@ def _partial_fc_worker(rank: int, port: int, out: str, root: str) -> None:
     from engine.distributed import cleanup
     from engine.trainer import Trainer
 
-    trainer = Trainer(load_config(None, _partial_fc_overrides(Path(root), Path(out) / "pfc")), env=env)
+    out_dir = Path(out)
+    trainer = Trainer(load_config(None, _partial_fc_overrides(Path(root), out_dir / "pfc")), env=env)
     trainer.train()
     head = trainer.distiller.student.head
-    torch.save({"shard": head.weight.detach().clone(), "start": head.class_start}, Path(out) / f"rank{rank}.pt")
+    result = {"shard": head.weight.detach().clone(), "start": head.class_start}
+    # stop + resume: each rank's shard, its momentum and its own RNG stream (dropout) must come back
+    dropout = ("STUDENT.BACKBONE", "test.ddp_tiny_dropout", "SOLVER.MAX_ITERS", "4")
+    straight = Trainer(load_config(None, _partial_fc_overrides(Path(root), out_dir / "straight", *dropout)), env=env)
+    straight.train()
+    first = Trainer(load_config(None, _partial_fc_overrides(Path(root), out_dir / "split", *dropout)), env=env)
+    first.plan.total_iters = 2
+    first.train()
+    resumed = Trainer(load_config(None, _partial_fc_overrides(Path(root), out_dir / "split", *dropout)),
+                      resume=True, env=env)
+    resumed.train()
+    result.update(straight=_state(straight), resumed=_state(resumed))
+    torch.save(result, out_dir / f"rank{rank}.pt")
     cleanup()
 
 
-def test_partial_fc_over_two_ranks_equals_the_single_process_head(cifar_root, tmp_path, no_torchrun):
+def test_partial_fc_over_two_ranks_equals_the_single_process_head_and_resumes(cifar_root, tmp_path, no_torchrun):
     from engine.trainer import Trainer
 
     ranks = run_ranks(_partial_fc_worker, tmp_path, str(cifar_root))
@@ -273,3 +296,8 @@ def test_partial_fc_over_two_ranks_equals_the_single_process_head(cifar_root, tm
     assert saved.keys() == expected.keys()
     for name, value in expected.items():
         assert torch.allclose(saved[name], value, atol=1e-5, rtol=1e-4), name
+    # resume under DDP is exact on every rank, shard included
+    for r in ranks:
+        for name, value in r["straight"].items():
+            assert torch.equal(r["resumed"][name], value), name
+    assert not torch.equal(ranks[0]["straight"]["student.head.weight"], ranks[1]["straight"]["student.head.weight"])
