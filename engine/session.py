@@ -40,7 +40,9 @@ def run_training(config: str, overrides: Sequence[str], role: str, resume: bool 
 
         trainer = Trainer(cfg, role=role, resume=resume and not dry_run, env=env)
         if dry_run:
-            print(dry_run_report(trainer))
+            report = dry_run_report(trainer)  # every rank steps (DDP collectives); rank 0 prints
+            if env.is_main:
+                print(report)
             return 0
         summary = trainer.train()
         if env.is_main and summary.get("last") is not None:
@@ -127,6 +129,9 @@ def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teache
     cfg = load_config(config, list(overrides))
     env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
     setup_logging(None, env.rank)
+    if not env.is_main:  # evaluation is not sharded: under torchrun rank 0 alone evaluates and writes
+        dist.cleanup()
+        return 0
     node = cfg.TEACHER if teacher else cfg.STUDENT
     run_dir = Path(cfg.EXPERIMENT.OUTPUT_DIR)
     if checkpoint:

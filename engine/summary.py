@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,28 @@ class Run:
 
     @property
     def method(self) -> str:
+        """Row name: `teacher`, `student` (the student trained alone, DISTILL.TYPE none) or the method."""
         if self.role == "teacher":
             return "teacher"
-        return str(self.config.get("DISTILL", {}).get("TYPE", "none"))
+        method = str(self.config.get("DISTILL", {}).get("TYPE", "none"))
+        return "student" if method == "none" else method
+
+    @property
+    def folder_label(self) -> str:
+        """The run folder's name (its parent's for run_student.sh's seed<S> folders)."""
+        return self.folder.parent.name if re.fullmatch(r"seed\d+", self.folder.name) else self.folder.name
+
+    @property
+    def label(self) -> str:
+        """EXPERIMENT.NAME, else `folder_label`."""
+        return str(self.config.get("EXPERIMENT", {}).get("NAME", "") or "") or self.folder_label
 
     @property
     def task(self) -> str:
         return str(self.config.get("EXPERIMENT", {}).get("TASK", "face"))
 
     def group_key(self) -> str:
+        """The resolved config without SEED, OUTPUT_DIR and NAME: equal keys are seeds of one cell."""
         stripped = json.loads(json.dumps(self.config))
         for section, key in IGNORED_FOR_GROUPING:
             stripped.get(section, {}).pop(key, None)
@@ -59,52 +73,112 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             config_path = folder / "config.yaml"
             if not config_path.is_file():
                 continue  # results written by test.py elsewhere; no config to group by
-            config = yaml.safe_load(config_path.read_text()) or {}
-            info_path = folder / "run.json"
-            role = json.loads(info_path.read_text()).get("role", "student") if info_path.is_file() else "student"
-            runs.append(Run(folder, config, json.loads(results_path.read_text()), role))
+            try:
+                config = yaml.safe_load(config_path.read_text()) or {}
+                info_path = folder / "run.json"
+                role = json.loads(info_path.read_text()).get("role", "student") if info_path.is_file() else "student"
+                results = json.loads(results_path.read_text())
+            except (yaml.YAMLError, json.JSONDecodeError) as error:
+                raise DataError(f"--summary: cannot read the run in {folder}: {error}") from None
+            runs.append(Run(folder, config, results, role))
     if not runs:
         raise DataError(f"--summary: no run folders with results.json and config.yaml under {', '.join(map(str, paths))}")
     return runs
 
 
+PAIR = " -> "
+
+
+def _short(name: Any) -> str:
+    return str(name or "").split(".")[-1]
+
+
 def _scores(run: Run, variant: str) -> dict[str, float]:
-    """Column -> score (%) of one run for `variant` ('best' or 'last')."""
+    """Column -> score (%) of one run for `variant` ('best' or 'last').
+
+    Classification: one column per teacher -> student pair (a teacher's or a lone student's run
+    gets its backbone's name, spread over the matching pairs later); face: `set@resolution`.
+    """
     entry = run.results.get(variant) or run.results
     if entry.get("task") == "classification":
-        teacher = str(run.config.get("TEACHER", {}).get("BACKBONE", "")).split(".")[-1]
-        student = str(run.config.get("STUDENT", {}).get("BACKBONE", "")).split(".")[-1]
-        if run.role == "teacher":
+        teacher = _short(run.config.get("TEACHER", {}).get("BACKBONE"))
+        student = _short(run.config.get("STUDENT", {}).get("BACKBONE"))
+        if run.method == "teacher":
             column = teacher
-        elif run.method == "none":
+        elif run.method == "student":
             column = student
         else:
-            column = f"{teacher} -> {student}"
+            column = f"{teacher}{PAIR}{student}"
         return {column: float(entry["top1"])}
     scores = {}
     for name, data in entry.get("sets", {}).items():
         for column, metrics in data["results"].items():
-            scores[f"{name} {column}"] = 100.0 * float(metrics["accuracy"])
+            scores[f"{name}@{column}"] = 100.0 * float(metrics["accuracy"])
     return scores
 
 
-def summarise(runs: list[Run]) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, list[float]]]]:
-    """(row labels, column labels, {(row, column): {'best': [...], 'last': [...]}}) over seed groups."""
+Cells = dict[tuple[str, str], dict[str, list[float]]]
+
+
+def summarise(runs: list[Run]) -> tuple[list[str], list[str], Cells]:
+    """(row labels, column labels, {(row, column): {'best': [...], 'last': [...]}}) over seed groups.
+
+    Runs whose configs differ only in EXPERIMENT.SEED / OUTPUT_DIR / NAME are one group, whose
+    values are the seeds of one cell. When two different configs of one method would land in the
+    same cell (e.g. two temperatures), their rows are told apart by the runs' labels instead of
+    being averaged together. The teacher and the lone student of a classification pair fill every
+    pair column with that teacher / student (as the seeds' README tables show them).
+    """
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.group_key(), []).append(run)
-    rows: list[str] = []
-    columns: list[str] = []
-    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    claimed: dict[tuple[str, str], int] = {}
     for members in groups.values():
-        row = members[0].method
+        for column in {c for run in members for v in ("best", "last") for c in _scores(run, v)}:
+            key = (members[0].method, column)
+            claimed[key] = claimed.get(key, 0) + 1
+    rows: list[str] = []
+    kinds: dict[str, str] = {}
+    owner: dict[str, str] = {}  # row -> group key
+    columns: list[str] = []
+    cells: Cells = {}
+    for key, members in groups.items():
+        method, first = members[0].method, members[0]
+        row = method
+        if any(claimed[(method, c)] > 1 for run in members for v in ("best", "last") for c in _scores(run, v)):
+            for candidate in (first.label, first.folder_label, str(first.folder)):
+                row = f"{method} ({candidate})"
+                if owner.get(row, key) == key:
+                    break
+        owner.setdefault(row, key)
         rows += [row] if row not in rows else []
+        kinds[row] = method
         for run in members:
             for variant in ("best", "last"):
                 for column, value in _scores(run, variant).items():
                     columns += [column] if column not in columns else []
                     cells.setdefault((row, column), {"best": [], "last": []})[variant].append(value)
-    return rows, columns, cells
+    return rows, *_spread_over_pairs(rows, kinds, columns, cells)
+
+
+def _spread_over_pairs(rows: list[str], kinds: dict[str, str], columns: list[str],
+                       cells: Cells) -> tuple[list[str], Cells]:
+    """Copy teacher / lone-student classification cells into the pair columns they belong to."""
+    pairs = [c for c in columns if PAIR in c]
+    moved: set[str] = set()
+    for row in rows:
+        side = {"teacher": 0, "student": 1}.get(kinds[row])
+        if side is None:
+            continue
+        for column in [c for c in columns if PAIR not in c and (row, c) in cells]:
+            targets = [p for p in pairs if p.split(PAIR)[side] == column]
+            for target in targets:
+                cells[(row, target)] = cells[(row, column)]
+            if targets:
+                del cells[(row, column)]
+                moved.add(column)
+    kept = [c for c in columns if c not in moved or any((row, c) in cells for row in rows)]
+    return kept, cells
 
 
 def _cell(values: list[float]) -> str:

@@ -1,0 +1,192 @@
+"""`test.py --summary`: many runs' results.json in one paper table; run_student.sh seeds; curves.png.
+
+The run folders are written by hand (config.yaml, run.json, results.json as the trainer writes
+them), and every expected number is computed in the test from the values it wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.summary import find_runs, summarise, summary_csv, summary_markdown
+from utility.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIR = "resnet32x4 -> resnet8x4"
+
+
+def write_run(folder: Path, config: dict, best: dict, last: dict, role: str = "student") -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "run.json").write_text(json.dumps({"role": role, "seed": config["EXPERIMENT"]["SEED"]}))
+    (folder / "results.json").write_text(json.dumps({"best": best, "last": last, "best_iteration": 5,
+                                                     "last_iteration": 9}))
+
+
+def cifar_config(seed: int, method: str = "kd", name: str = "kd", out: str = "o", temperature: float = 4.0,
+                 lr: float = 0.05) -> dict:
+    return {
+        "EXPERIMENT": {"NAME": name, "SEED": seed, "OUTPUT_DIR": out, "TASK": "classification"},
+        "TEACHER": {"BACKBONE": "cifar.resnet32x4"},
+        "STUDENT": {"BACKBONE": "cifar.resnet8x4"},
+        "DISTILL": {"TYPE": method, "KD": {"TEMPERATURE": temperature}},
+        "SOLVER": {"LR": lr},
+    }
+
+
+def top1(value: float) -> dict:
+    return {"task": "classification", "top1": value, "top5": 99.0, "main": value}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (divide by n), written out by hand."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+KD_BEST, KD_LAST = [74.0, 75.0, 76.5], [73.0, 74.5, 75.25]
+BASE_BEST, BASE_LAST = [72.0, 73.0], [71.5, 72.1]
+
+
+@pytest.fixture
+def cifar_runs(tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    write_run(runs / "teacher", {**cifar_config(0, "none", "teacher"), "STUDENT": {"BACKBONE": ""},
+                                 "TEACHER": {"BACKBONE": "cifar.resnet32x4"}}, top1(79.0), top1(78.5), role="teacher")
+    for seed, best, last in zip((1, 2), BASE_BEST, BASE_LAST):
+        write_run(runs / "baseline" / f"seed{seed}", cifar_config(seed, "none", "base", f"b/seed{seed}"),
+                  top1(best), top1(last))
+    # seeds of one kd config: NAME and OUTPUT_DIR differ too, and must not split the group
+    for seed, best, last in zip((1, 2, 3), KD_BEST, KD_LAST):
+        write_run(runs / "kd" / f"seed{seed}", cifar_config(seed, name=f"kd-{seed}", out=f"k/seed{seed}"),
+                  top1(best), top1(last))
+    # the same method at another temperature: its own row, never averaged with the seeds above
+    write_run(runs / "kd_t2", cifar_config(1, name="kd_t2", temperature=2.0), top1(70.0), top1(69.0))
+    return runs
+
+
+def table_cells(markdown: str) -> dict[str, list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+
+
+def test_markdown_mean_and_population_std_over_seeds(cifar_runs):
+    runs = find_runs([cifar_runs])
+    assert len(runs) == 7
+    table = table_cells(summary_markdown(runs))
+    assert table["method"] == [f"{PAIR} (best / last)"]
+    assert table["kd (kd-1)"] == [f"{cell(KD_BEST)} / {cell(KD_LAST)}"]
+    assert table["kd (kd_t2)"] == ["70.00 / 69.00"]
+    # the teacher and the student trained alone fill the pair column they belong to
+    assert table["teacher"] == ["79.00 / 78.50"]
+    assert table["student"] == [f"{cell(BASE_BEST)} / {cell(BASE_LAST)}"]
+    # a concrete hand value: (74 + 75 + 76.5) / 3 = 75.1667, population std sqrt(3.1667 / 3) = 1.0274
+    assert table["kd (kd-1)"][0].startswith("75.17 ± 1.03 / ")
+
+
+def test_grouping_ignores_only_seed_output_dir_and_name(tmp_path):
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir / "a", cifar_config(1, name="a", out="x"), top1(60.0), top1(60.0))
+    write_run(runs_dir / "b", cifar_config(2, name="b", out="y"), top1(62.0), top1(62.0))
+    write_run(runs_dir / "c", cifar_config(1, name="c", out="z", lr=0.1), top1(50.0), top1(50.0))
+    rows, columns, cells = summarise(find_runs([runs_dir]))
+    assert columns == [PAIR]
+    assert rows == ["kd (a)", "kd (c)"]  # a and b are seeds of one config; c differs in SOLVER.LR
+    assert cells[("kd (a)", PAIR)] == {"best": [60.0, 62.0], "last": [60.0, 62.0]}
+    assert cells[("kd (c)", PAIR)] == {"best": [50.0], "last": [50.0]}
+
+
+def test_csv_rows(cifar_runs):
+    rows = list(csv.DictReader(io.StringIO(summary_csv(find_runs([cifar_runs])))))
+    by_key = {(r["method"], r["column"], r["variant"]): r for r in rows}
+    for variant, values in (("best", KD_BEST), ("last", KD_LAST)):
+        found = by_key[("kd (kd-1)", PAIR, variant)]
+        mean, std = mean_std(values)
+        assert float(found["mean"]) == pytest.approx(mean, abs=1e-4)
+        assert float(found["std"]) == pytest.approx(std, abs=1e-4)
+        assert found["seeds"] == "3"
+    assert float(by_key[("teacher", PAIR, "last")]["mean"]) == 78.5
+    assert by_key[("teacher", PAIR, "last")]["std"] == "0.0000"
+    assert len(rows) == 4 * 2  # teacher, student, kd, kd_t2 x best/last, one column
+
+
+def face_result(accuracies: dict[str, float]) -> dict:
+    return {"task": "face", "sets": {"lfw": {"results": {col: {"accuracy": acc, "std": 0.01}
+                                                         for col, acc in accuracies.items()}}}}
+
+
+def test_face_columns_are_set_at_resolution(tmp_path):
+    runs_dir = tmp_path / "face"
+    seeds = {1: (0.99, 0.90), 2: (0.98, 0.86)}
+    for seed, (high, low) in seeds.items():
+        config = {"EXPERIMENT": {"SEED": seed, "TASK": "face", "OUTPUT_DIR": f"f{seed}", "NAME": "a_skd"},
+                  "DISTILL": {"TYPE": "a_skd"}}
+        write_run(runs_dir / f"seed{seed}", config, face_result({"112": high, "14": low}),
+                  face_result({"112": high - 0.01, "14": low - 0.02}))
+    table = table_cells(summary_markdown(find_runs([runs_dir])))
+    assert table["method"] == ["lfw@112 (best / last)", "lfw@14 (best / last)"]
+    high, low = [100 * v[0] for v in seeds.values()], [100 * v[1] for v in seeds.values()]
+    assert table["a_skd"] == [f"{cell(high)} / {cell([h - 1 for h in high])}",
+                              f"{cell(low)} / {cell([x - 2 for x in low])}"]
+
+
+def test_summary_errors_name_the_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no run folders"):
+        find_runs([tmp_path / "empty"])
+
+
+def test_run_student_two_seeds_then_summary_and_curves(tmp_path):
+    from data.synthetic_classification import write_cifar100
+
+    write_cifar100(tmp_path / "data", num_classes=4, train_per_class=12, test_per_class=4, seed=3)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "EXPERIMENT": {"TASK": "classification", "OUTPUT_DIR": str(tmp_path / "out"), "DEVICE": "cpu"},
+        "DATA": {"ROOT": str(tmp_path / "data"), "TRAIN": "cifar-100-python", "FORMAT": "cifar100",
+                 "COLOR": "rgb", "IMAGE_SIZE": 32, "WORKERS": 0},
+        "STUDENT": {"BACKBONE": "cifar.resnet8"},
+        "DISTILL": {"TYPE": "none"},
+        "SOLVER": {"BATCH_SIZE": 8, "LR": 0.05},
+        "LOG": {"PERIOD": 1, "PROGRESS": False, "TENSORBOARD": False},
+        "EVAL": {"BATCH_SIZE": 16},
+    }))
+    done = subprocess.run(["bash", str(ROOT / "run_student.sh"), str(config), "--seeds", "3", "4", "--",
+                           "SOLVER.MAX_ITERS", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for seed in (3, 4):
+        folder = tmp_path / "out" / f"seed{seed}"
+        resolved = yaml.safe_load((folder / "config.yaml").read_text())
+        assert resolved["EXPERIMENT"]["SEED"] == seed and resolved["EXPERIMENT"]["OUTPUT_DIR"] == str(folder)
+        assert json.loads((folder / "results.json").read_text())["last_iteration"] == 2
+        assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_path = tmp_path / "table.csv"
+    shown = subprocess.run([sys.executable, str(ROOT / "test.py"), "--summary", str(tmp_path / "out"),
+                            "--csv", str(csv_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    table = table_cells(shown.stdout)
+    assert table["method"] == ["resnet8 (best / last)"]
+    tops = [json.loads((tmp_path / "out" / f"seed{s}" / "results.json").read_text())["last"]["top1"]
+            for s in (3, 4)]
+    assert table["student"][0].endswith(f" / {cell(tops)}")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert {(r["method"], r["variant"], r["seeds"]) for r in rows} == {("student", "best", "2"),
+                                                                      ("student", "last", "2")}
