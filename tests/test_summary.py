@@ -169,8 +169,9 @@ def test_run_student_two_seeds_then_summary_and_curves(tmp_path):
         "LOG": {"PERIOD": 1, "PROGRESS": False, "TENSORBOARD": False},
         "EVAL": {"BATCH_SIZE": 16},
     }))
-    done = subprocess.run(["bash", str(ROOT / "run_student.sh"), str(config), "--seeds", "3", "4", "--",
-                           "SOLVER.MAX_ITERS", "2"], capture_output=True, text=True, timeout=300)
+    # called from elsewhere with a config path relative to the caller, as users type it
+    done = subprocess.run(["bash", str(ROOT / "run_student.sh"), config.name, "--seeds", "3", "4", "--",
+                           "SOLVER.MAX_ITERS", "2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     for seed in (3, 4):
         folder = tmp_path / "out" / f"seed{seed}"
