@@ -158,7 +158,8 @@ def _training_worker(rank: int, port: int, out: str, root: str) -> None:
     first.train()
     resumed = Trainer(load_config(None, overrides(Path(root), out_dir / "split")), resume=True, env=env)
     resumed.train()
-    result = {"straight": _state(straight), "resumed": _state(resumed), "model": type(straight.model).__name__}
+    result = {"straight": _state(straight), "resumed": _state(resumed), "model": type(straight.model).__name__,
+              "history": [h for h in straight.history if "loss/ce" in h]}
     torch.save(result, out_dir / f"rank{rank}.pt")
     # the CLI path, each rank pointed at its own folder: whatever rank 1 wrote would show up in files1
     run_training(None, overrides(Path(root), out_dir / f"files{rank}", "LOG.TENSORBOARD", "True",
@@ -184,6 +185,13 @@ def test_two_ranks_train_like_one_process_resume_and_only_rank0_writes(cifar_roo
         assert torch.equal(ranks[0]["straight"][name], ranks[1]["straight"][name]), name
         assert torch.equal(ranks[0]["resumed"][name], ranks[0]["straight"][name]), name
         assert torch.equal(ranks[1]["resumed"][name], ranks[1]["straight"][name]), name
+    # logged losses are reduced over the ranks: the mean of the two half-batch means is the
+    # single process's whole-batch mean, and both ranks log the same numbers
+    logged = [(h["iteration"], h["loss/ce"]) for h in reference.history if "loss/ce" in h]
+    assert [h["iteration"] for h in ranks[0]["history"]] == [2, 4, 6, 8] == [i for i, _ in logged]
+    for r in ranks:
+        assert [h["loss/ce"] for h in r["history"]] == pytest.approx([v for _, v in logged], rel=1e-4)
+    assert [h["loss/ce"] for h in ranks[0]["history"]] == [h["loss/ce"] for h in ranks[1]["history"]]
     # only rank 0 writes: checkpoints, logs, TensorBoard, results, curves
     assert not (tmp_path / "files1").exists()
     written = {p.name for p in (tmp_path / "files0").iterdir()}
