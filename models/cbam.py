@@ -31,6 +31,12 @@ from torch import Tensor, nn
 AttentionPair = tuple[Tensor, Tensor]
 
 
+
+def hidden_width(channels: int, reduction: int) -> int:
+    """Bottleneck width of the channel MLP: C / r as published (at least one unit for the narrow
+    demo networks, whose 8-channel stages would otherwise have none)."""
+    return max(1, channels // reduction)
+
 class ChannelGate(nn.Module):
     """F-SKD channel attention: shared Linear MLP over the average- and max-pooled channels."""
 
@@ -39,9 +45,9 @@ class ChannelGate(nn.Module):
         # Index 0 is the flatten so the Linear layers sit at mlp.1 / mlp.3, the published key names.
         self.mlp = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels, channels // reduction),
+            nn.Linear(channels, hidden_width(channels, reduction)),
             nn.ReLU(),
-            nn.Linear(channels // reduction, channels),
+            nn.Linear(hidden_width(channels, reduction), channels),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -101,9 +107,9 @@ class ASKDCBAM(nn.Module):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         self.channel_mlp = nn.Sequential(
-            nn.Conv2d(channels, channels // reduction, kernel_size=1, padding=0, bias=False),
+            nn.Conv2d(channels, hidden_width(channels, reduction), kernel_size=1, padding=0, bias=False),
             nn.ReLU(),
-            nn.Conv2d(channels // reduction, channels, kernel_size=1, padding=0, bias=False),
+            nn.Conv2d(hidden_width(channels, reduction), channels, kernel_size=1, padding=0, bias=False),
         )
         self.spatial_conv = nn.Conv2d(2, 1, kernel_size=3, padding=1, bias=False)
 

@@ -37,7 +37,7 @@ def common(root: Path, out: Path) -> list[str]:
     ]
 
 
-NET = ["WIDTH", "16", "EMBEDDING_SIZE", "32", "HEAD", "arcface", "BACKBONE", "face.iresnet18"]
+NET = ["WIDTH", "8", "EMBEDDING_SIZE", "32", "HEAD", "arcface", "BACKBONE", "face.iresnet18"]
 
 
 def node(prefix: str) -> list[str]:

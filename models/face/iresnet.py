@@ -183,9 +183,8 @@ class IResNet(nn.Module):
 
 
 def _check_options(attention: str, pooling: str, num_features: int, dropout: float, width: int) -> None:
-    if width < 16 or width % 16:
-        raise ConfigError(f"WIDTH {width}: use a multiple of 16 (64 = the published networks), so that "
-                          "every CBAM bottleneck (width / 16) keeps at least one channel")
+    if width < 1:
+        raise ConfigError(f"WIDTH must be positive (64 = the published networks), got {width}")
     if attention not in ATTENTION_TYPES:
         raise ConfigError(f"ATTENTION '{attention}' is not an iResNet option; use one of {ATTENTION_TYPES}")
     if pooling not in POOLING_TYPES:
