@@ -48,7 +48,9 @@ def _markdown(header: list[str], rows: Iterable[list[str]]) -> str:
 def _ordered_union(groups: Iterable[Iterable[str]]) -> list[str]:
     seen: list[str] = []
     for group in groups:
-        seen += [item for item in group if item not in seen]
+        for item in group:
+            if item not in seen:
+                seen.append(item)
     return seen
 
 
