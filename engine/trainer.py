@@ -360,10 +360,12 @@ class Trainer:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(worker_seed(self.cfg.EXPERIMENT.SEED, self.iteration, self.env.rank))
         batch = self.transform(batch, generator)
-        if self.cfg.SOLVER.CHANNELS_LAST:
-            for key in ("image", "image_teacher", "image_partner", "image_partner_teacher"):
-                if key in batch:
-                    batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
+        # One explicit layout for every view: the uint8 NHWC -> NCHW permute leaves channels-last strides,
+        # which would otherwise run the networks (and copy every weight gradient) in that layout unasked.
+        memory_format = torch.channels_last if self.cfg.SOLVER.CHANNELS_LAST else torch.contiguous_format
+        for key in ("image", "image_teacher", "image_partner", "image_partner_teacher"):
+            if key in batch:
+                batch[key] = batch[key].contiguous(memory_format=memory_format)
         with self._autocast():
             _, losses = self.model(batch)
         total = sum(value.float() for value in losses.values())
