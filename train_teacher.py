@@ -7,18 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from engine.cli import base_parser, run_cli
+from engine.cli import run_cli, training_main
 
 
 def main(argv=None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="build everything, run one forward/backward, print sizes and FLOPs, exit")
-    args = parser.parse_args(argv)
-    from engine.session import run_training
-
-    return run_training(args.config, args.overrides, role="teacher", resume=args.resume, dry_run=args.dry_run)
+    return training_main("teacher", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,18 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def training_main(role: str, description: str, argv: Sequence[str] | None = None) -> int:
+    """`train_teacher.py` / `train_student.py`: the same options, a different network trained."""
+    parser = base_parser(description)
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build everything, run one forward/backward, print sizes and FLOPs, exit")
+    args = parser.parse_args(argv)
+    from engine.session import run_training
+
+    return run_training(args.config, args.overrides, role=role, resume=args.resume, dry_run=args.dry_run)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Call `main`, turning user errors into one line and exit status 2."""
     try:
