@@ -6,8 +6,10 @@ once, at set-up, what the run really uses, so the trainer and the optimiser buil
 individual keys:
 
 - `auto` (default): all three on when the device is CUDA; on any other device the individual keys alone.
-- `on`: all three on whatever the device (fused kernels still only where the optimiser has them: CUDA).
-- `off`: the individual keys alone.
+- `all`: all three on whatever the device (fused kernels still only where the optimiser has them: CUDA).
+- `switches`: the individual keys alone.
+
+(Not `on`/`off`: YAML reads those unquoted words as booleans.)
 
 Precision stays with `SOLVER.PRECISION` (bf16 autocast on CUDA under `auto`); recipes that pin `fp32`
 for faithfulness keep it. The resolved switches are written into the run's `config.yaml`.
@@ -38,7 +40,7 @@ def resolve_fast_path(cfg: Any, device: torch.device | str) -> FastPath:
     """The effective (compile, channels_last, fused) for `cfg` on `device`."""
     device = torch.device(device)
     mode = str(cfg.SOLVER.FAST_PATH)
-    forced = mode == "on" or (mode == "auto" and device.type == "cuda")
+    forced = mode == "all" or (mode == "auto" and device.type == "cuda")
     return FastPath(
         compile=bool(cfg.SOLVER.COMPILE) or forced,
         channels_last=bool(cfg.SOLVER.CHANNELS_LAST) or forced,

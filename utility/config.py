@@ -190,7 +190,7 @@ _C.SOLVER.PRECISION = "auto"  # fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 
 _C.SOLVER.COMPILE = False  # torch.compile the student and teacher forward passes
 _C.SOLVER.CHANNELS_LAST = False  # channels_last memory format
 _C.SOLVER.FUSED = False  # fused optimizer kernels (CUDA)
-_C.SOLVER.FAST_PATH = "auto"  # auto: COMPILE + CHANNELS_LAST + FUSED on for CUDA; on: force them; off: the switches alone
+_C.SOLVER.FAST_PATH = "auto"  # auto: COMPILE + CHANNELS_LAST + FUSED on for CUDA; all: on anywhere; switches: the three keys alone
 _C.SOLVER.CHECKPOINT_PERIOD = 1000  # write last.pt every N iterations (and at the end)
 _C.SOLVER.SYNC_BN = False  # convert student BN to SyncBatchNorm under DDP
 _C.SOLVER.PARTIAL_FC = False  # face margin head as Partial FC: class centres sharded over ranks, distributed softmax
@@ -328,7 +328,7 @@ _CHOICES = {
     "SOLVER.SCHEDULE": ("multistep", "cosine", "poly", "constant"),
     "SOLVER.MILESTONE_UNIT": ("epoch", "iter"),
     "SOLVER.PRECISION": ("auto", "fp32", "bf16"),
-    "SOLVER.FAST_PATH": ("auto", "on", "off"),
+    "SOLVER.FAST_PATH": ("auto", "all", "switches"),
     "DISTILL.A_SKD.REDUCTION": ("sum", "mean"),
     "DISTILL.A_SKD.MAPS": ("logits", "gates"),
     "DISTILL.ADADISTILL.MARGIN": ("arcface", "cosface"),
