@@ -134,9 +134,10 @@ class TrainTransform:
                 images = center_crop(images, self.image_size)
         return to_float_nchw(images)
 
-    def _views(self, hr: torch.Tensor, given_lr: torch.Tensor | None,
-               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(student view, teacher view, per-sample size) of one float NCHW batch, sharing one flip."""
+    def _views(self, hr: torch.Tensor, given_lr: torch.Tensor | None, generator: torch.Generator | None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(student view, teacher view, per-sample size, per-sample flip) of one float NCHW batch,
+        sharing one flip (the flips let a teacher-output cache pick the mirrored row)."""
         count = hr.shape[0]
         if self.flip:
             flips = torch.rand(count, generator=generator, device=_draw_device(generator)) < 0.5
@@ -146,22 +147,23 @@ class TrainTransform:
         teacher = flip_where(hr, flips)
         if given_lr is not None:  # made per sample with OpenCV in the workers (BACKEND opencv)
             lowres = to_float_nchw(given_lr)
-            return flip_where(lowres, flips), teacher, None
+            return flip_where(lowres, flips), teacher, None, flips
         if not self.sizes:
-            return teacher, teacher, torch.full((count,), self.image_size, device=hr.device)
+            return teacher, teacher, torch.full((count,), self.image_size, device=hr.device), flips
         sizes = draw_sizes(count, self.sizes, self.hr_prob, self.image_size, generator, hr.device)
         source = teacher if self.flip_first else hr
         student = degrade_per_sample(source, sizes, self.image_size, self.down, self.up, self.blur_sigma,
                                      generator, self.random_choices).clamp_(0.0, 255.0)
         if not self.flip_first:
             student = flip_where(student, flips)
-        return student, teacher, sizes
+        return student, teacher, sizes, flips
 
     def __call__(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         """Device batch (uint8 images) -> normalised views plus labels, indices and extras."""
         hr = self._geometry(batch["image"], generator)
-        student, teacher, sizes = self._views(hr, batch.get("image_lr"), generator)
+        student, teacher, sizes, flips = self._views(hr, batch.get("image_lr"), generator)
         output = {key: value for key, value in batch.items() if key not in _IMAGE_KEYS}
+        output["flip"] = flips
         if sizes is not None:
             output["lowres_size"] = sizes
         output["image"] = normalize(student, self.mean, self.std)
@@ -169,7 +171,7 @@ class TrainTransform:
 
         if "partner" in batch:
             partner_hr = self._geometry(batch["partner"], generator)
-            partner_student, partner_teacher, _ = self._views(partner_hr, batch.get("partner_lr"), generator)
+            partner_student, partner_teacher, _, _ = self._views(partner_hr, batch.get("partner_lr"), generator)
             output["image_partner"] = normalize(partner_student, self.mean, self.std)
             output["image_partner_teacher"] = (output["image_partner"] if partner_teacher is partner_student
                                                else normalize(partner_teacher, self.mean, self.std))

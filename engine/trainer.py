@@ -38,6 +38,7 @@ from engine.optim import build_optimizer, build_scheduler, scaled_lr
 from engine.pretrained import load_pretrained_backbone
 from engine.results import write_results
 from engine.run_info import write_run_files
+from engine.teacher_cache import prepare_teacher_cache
 from kd import build_distiller
 from kd.base import Distiller
 from models import build_network
@@ -154,6 +155,9 @@ class Trainer:
 
         student, teacher = build_networks(cfg, role, self.num_classes, _method_uses_teacher(cfg), self.env)
         self.distiller: Distiller = build_distiller(cfg, student, teacher, self.num_classes).to(self.device)
+        if cfg.DATA.TEACHER_CACHE and role == "student":  # precomputed teacher outputs replace its forward
+            self.distiller.teacher_cache = prepare_teacher_cache(cfg, self.dataset, self.distiller, self.transform,
+                                                                 self.device, _precision_dtype(cfg, self.device))
         if cfg.SOLVER.SYNC_BN and self.env.world_size > 1:
             self.distiller.student = dist.convert_sync_bn(self.distiller.student)
         if cfg.SOLVER.CHANNELS_LAST:

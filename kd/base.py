@@ -81,6 +81,10 @@ class Distiller(nn.Module):
     uses_teacher: bool = True
     #: whether the method reads the teacher's class logits (KD-style terms) or only its features
     uses_teacher_logits: bool = True
+    #: precomputed teacher outputs (`engine.teacher_cache.TeacherCache`, attached by the trainer when
+    #: DATA.TEACHER_CACHE is set): `lookup(index, flip, with_logits) -> (Features(out=...), logits)`
+    #: replaces the teacher forward; only methods that read nothing but the teacher's out/logits allow it
+    teacher_cache: Any = None
 
     def __init__(self, cfg: Any, student: Network, teacher: Network | None = None,
                  num_classes: int = 0, companions: tuple[str, ...] = ()) -> None:
@@ -149,7 +153,10 @@ class Distiller(nn.Module):
             step.extra["head_loss"] = head(features.out, batch["label"])
         else:
             step = Step(batch=batch, student=features, logits_s=self.student.logits(features.out, batch.get("label")))
-        if self.teacher is not None:
+        if self.teacher_cache is not None:
+            step.teacher, step.logits_t = self.teacher_cache.lookup(batch["index"], batch["flip"],
+                                                                    self.teacher_logits_needed)
+        elif self.teacher is not None:
             step.teacher, step.logits_t = self.teacher(batch.get("image_teacher", batch["image"]),
                                                        batch.get("label"), self.teacher_logits_needed)
         return step

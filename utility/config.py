@@ -52,6 +52,7 @@ _C.DATA.CRD_NEGATIVES = 0  # >0: the dataset returns this many class-aware negat
 _C.DATA.CRD_POOL = "class"  # CRD negatives from all other-class samples, or "dct_first_n" (DCT scene quirk)
 _C.DATA.PARTNER = ""  # F-SKD partner view: "" none, "shuffle" (in batch), "table" (same identity)
 _C.DATA.PARTNER_TABLE = ""  # partner table written by `python -m kd.f_skd partners`
+_C.DATA.TEACHER_CACHE = ""  # folder of precomputed teacher outputs (engine/teacher_cache.py); "" = run the teacher
 _C.DATA.LOWRES = CN()
 _C.DATA.LOWRES.SIZES = []  # low-resolution sides for the student view; empty = full resolution
 _C.DATA.LOWRES.HR_PROB = 0.0  # probability that a sample keeps full resolution (F-SKD equal=False: 0.5)
