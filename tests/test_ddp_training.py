@@ -12,12 +12,11 @@ whole batch. A tiny conv net keeps each 2-rank run to a few seconds.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from multiprocess import WORLD, run_ranks
 from torch import nn
 
 from data.loader import ResumableSampler
@@ -27,7 +26,6 @@ from models import BACKBONES
 from models.features import Features
 from utility.config import load_config
 
-WORLD = 2
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 EMBEDDING = 8
 
@@ -93,19 +91,8 @@ def no_torchrun(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def run_ranks(worker, out: Path, *args) -> list[dict]:
-    """`worker(rank, port, out, *args)` in WORLD forked processes; returns what each rank saved."""
-    import torch._dynamo  # noqa: F401  (DDP imports it; once here, not once per forked rank)
-
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(worker, args=(free_port(), str(out), *args), nprocs=WORLD, join=True, start_method=method)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
 def _join(rank: int, port: int):

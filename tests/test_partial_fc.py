@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from multiprocess import WORLD, run_ranks
 from torch import nn
 
 from models.partial_fc import PartialFC, class_shard, dist_cross_entropy, margin_logits
 from utility.errors import CheckpointError, ConfigError
-
-WORLD = 2
 
 
 # -- reference, written independently of models/partial_fc.py -------------------------------------
@@ -41,21 +38,8 @@ def reference_loss(emb: torch.Tensor, centres: torch.Tensor, labels: torch.Tenso
     return F.cross_entropy(logits, labels)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def run_ranks(worker, out: Path, *args) -> list[dict]:
-    """Run `worker(rank, port, out, *args)` in WORLD processes; fork where available, so the ranks
-    start in a fraction of a second instead of importing torch again (spawn elsewhere)."""
-    port = free_port()
-    import torch._dynamo  # noqa: F401  (DDP imports it; once here, not once per forked rank)
-
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(worker, args=(port, str(out), *args), nprocs=WORLD, join=True, start_method=method)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def _join(rank: int, port: int):
@@ -241,7 +225,7 @@ def _sharded_worker(rank: int, port: int, out: str, margin: str, s: float, m: fl
 
 @pytest.mark.parametrize("margin,s,m", [("arcface", 16.0, 0.5), ("cosface", 30.0, 0.35)])
 def test_two_ranks_equal_the_unsharded_head(tmp_path, margin, s, m):
-    ranks = run_ranks(_sharded_worker, tmp_path, margin, s, m)
+    ranks = run_ranks(_sharded_worker, tmp_path, margin, s, m, weights_only=True)
     inputs, centres, backbone = _data(BATCH, DIM, CLASSES)
     emb = backbone(inputs)
     emb.retain_grad()
@@ -293,7 +277,7 @@ def _sampled_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_sampling_over_two_ranks(tmp_path):
-    ranks = run_ranks(_sampled_worker, tmp_path)
+    ranks = run_ranks(_sampled_worker, tmp_path, weights_only=True)
     generator = torch.Generator().manual_seed(2)
     emb = torch.randn(WORLD * SAMPLED_BATCH, DIM, generator=generator)
     centres = torch.randn(SAMPLED_CLASSES, DIM, generator=generator)
