@@ -134,6 +134,11 @@ class TrainTransform:
                 images = center_crop(images, self.image_size)
         return to_float_nchw(images)
 
+    def teacher_view(self, images: torch.Tensor) -> torch.Tensor:
+        """The unflipped, normalised full-resolution view the teacher sees, without random draws
+        (what the teacher-output cache precomputes; valid when the only augmentation is a flip)."""
+        return normalize(self._geometry(images, None), self.mean, self.std)
+
     def _views(self, hr: torch.Tensor, given_lr: torch.Tensor | None, generator: torch.Generator | None,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(student view, teacher view, per-sample size, per-sample flip) of one float NCHW batch,

@@ -34,7 +34,7 @@ import torch
 from numpy.lib.format import open_memmap
 from torch import Tensor
 
-from data.transforms import TrainTransform, normalize
+from data.transforms import TrainTransform
 from engine import distributed as dist
 from kd.base import Distiller
 from models.features import Features
@@ -171,7 +171,7 @@ def build_cache(cfg: Any, dataset: Any, distiller: Distiller, transform: TrainTr
     for batch in loader:
         # the teacher view of TrainTransform without its random draws: geometry (none, or a centre
         # crop of oversized images), normalisation; flip 1 mirrors it, as `flip_where` does
-        view = normalize(transform._geometry(batch["image"].to(device), None), transform.mean, transform.std)
+        view = transform.teacher_view(batch["image"].to(device))
         labels, rows = batch["label"].to(device), batch["index"].numpy()
         for side, images in enumerate((view, view.flip(-1))):
             autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
