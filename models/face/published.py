@@ -20,43 +20,42 @@ from utility.errors import CheckpointError, ConfigError
 
 StateDict = Mapping[str, Tensor]
 
-# A-SKD (teaching-where-to-look CBAMResNet) name -> our iResNet name, as (pattern, replacement).
-_A_SKD_TO_OURS = (
-    (r"^input_layer\.0\.", "conv1."),
-    (r"^input_layer\.1\.", "bn1."),
-    (r"^input_layer\.2\.", "prelu."),
-    (r"^(layer\d+\.\d+\.)res_layer\.0\.", r"\1bn1."),
-    (r"^(layer\d+\.\d+\.)res_layer\.1\.", r"\1conv1."),
-    (r"^(layer\d+\.\d+\.)res_layer\.2\.", r"\1bn2."),
-    (r"^(layer\d+\.\d+\.)res_layer\.3\.", r"\1prelu."),
-    (r"^(layer\d+\.\d+\.)res_layer\.4\.", r"\1conv2."),
-    (r"^(layer\d+\.\d+\.)res_layer\.5\.", r"\1bn3."),
-    (r"^(layer\d+\.\d+\.)channel_layer\.shared_mlp\.(0|2)\.", r"\1attention.channel_mlp.\2."),
-    (r"^(layer\d+\.\d+\.)spatial_layer\.conv\.", r"\1attention.spatial_conv."),
-    (r"^(layer\d+\.\d+\.)shortcut_layer\.(0|1)\.", r"\1downsample.\2."),
-    (r"^output_layer\.0\.", "bn2."),
-    (r"^output_layer\.3\.", "fc."),
-    (r"^output_layer\.4\.", "features."),
+# A-SKD (teaching-where-to-look CBAMResNet) module names and ours, as (inside a block?, A-SKD, ours).
+# Both directions of the conversion are generated from this one table.
+_A_SKD_NAMES = (
+    (False, "input_layer.0.", "conv1."),
+    (False, "input_layer.1.", "bn1."),
+    (False, "input_layer.2.", "prelu."),
+    (True, "res_layer.0.", "bn1."),
+    (True, "res_layer.1.", "conv1."),
+    (True, "res_layer.2.", "bn2."),
+    (True, "res_layer.3.", "prelu."),
+    (True, "res_layer.4.", "conv2."),
+    (True, "res_layer.5.", "bn3."),
+    (True, "channel_layer.shared_mlp.0.", "attention.channel_mlp.0."),
+    (True, "channel_layer.shared_mlp.2.", "attention.channel_mlp.2."),
+    (True, "spatial_layer.conv.", "attention.spatial_conv."),
+    (True, "shortcut_layer.0.", "downsample.0."),
+    (True, "shortcut_layer.1.", "downsample.1."),
+    (False, "output_layer.0.", "bn2."),
+    (False, "output_layer.3.", "fc."),
+    (False, "output_layer.4.", "features."),
 )
+_BLOCK = r"^(layer\d+\.\d+\.)"
 
-# Our name -> A-SKD name: the inverse of the table above.
-_OURS_TO_A_SKD = (
-    (r"^conv1\.", "input_layer.0."),
-    (r"^bn1\.", "input_layer.1."),
-    (r"^prelu\.", "input_layer.2."),
-    (r"^(layer\d+\.\d+\.)bn1\.", r"\1res_layer.0."),
-    (r"^(layer\d+\.\d+\.)conv1\.", r"\1res_layer.1."),
-    (r"^(layer\d+\.\d+\.)bn2\.", r"\1res_layer.2."),
-    (r"^(layer\d+\.\d+\.)prelu\.", r"\1res_layer.3."),
-    (r"^(layer\d+\.\d+\.)conv2\.", r"\1res_layer.4."),
-    (r"^(layer\d+\.\d+\.)bn3\.", r"\1res_layer.5."),
-    (r"^(layer\d+\.\d+\.)attention\.channel_mlp\.(0|2)\.", r"\1channel_layer.shared_mlp.\2."),
-    (r"^(layer\d+\.\d+\.)attention\.spatial_conv\.", r"\1spatial_layer.conv."),
-    (r"^(layer\d+\.\d+\.)downsample\.(0|1)\.", r"\1shortcut_layer.\2."),
-    (r"^bn2\.", "output_layer.0."),
-    (r"^fc\.", "output_layer.3."),
-    (r"^features\.", "output_layer.4."),
-)
+
+def _rename_table(to_ours: bool) -> tuple[tuple[str, str], ...]:
+    """(regex, replacement) pairs renaming A-SKD keys to ours (`to_ours`) or ours to A-SKD."""
+    table = []
+    for in_block, theirs, ours in _A_SKD_NAMES:
+        source, target = (theirs, ours) if to_ours else (ours, theirs)
+        prefix, keep = (_BLOCK, r"\1") if in_block else ("^", "")
+        table.append((prefix + re.escape(source), keep + target))
+    return tuple(table)
+
+
+_A_SKD_TO_OURS = _rename_table(to_ours=True)
+_OURS_TO_A_SKD = _rename_table(to_ours=False)
 
 # Heads whose published `weight` is stored (in_features, num_classes), the transpose of ours.
 _TRANSPOSED_WEIGHT_HEADS = ("adaface", "magface")
