@@ -110,7 +110,9 @@ def test_published_checkpoint_loads_strictly(name):
         assert torch.equal(loaded[key], value), key
 
 
-def _check_class_counts(name: str) -> None:
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", *(pytest.param(n, marks=pytest.mark.slow)
+                                                            for n in ("resnet34", "resnet50", "resnet152"))])
+def test_parameter_counts_for_scene_datasets(name):
     layout = load_layout(name)
     for num_classes, params in PUBLISHED[name][1].items():
         model = BACKBONES.build(f"imagenet.{name}", num_classes=num_classes)
@@ -122,18 +124,9 @@ def _check_class_counts(name: str) -> None:
         assert changed == ([] if num_classes == 1000 else [k for k in layout if k.rsplit(".", 1)[0] in ("fc", "classifier.1")])
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_parameter_counts_for_scene_datasets(name):
-    _check_class_counts(name)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet34", "resnet50", "resnet152"])
-def test_parameter_counts_for_scene_datasets_large(name):
-    _check_class_counts(name)
-
-
-def _check_forward(name: str, size: int) -> None:
+@pytest.mark.parametrize("name, size", [("resnet18", 224), ("mobilenet_v2", 224), ("resnet34", 64), ("resnet50", 64),
+                                        pytest.param("resnet152", 224, marks=pytest.mark.slow)])
+def test_forward_features_shapes_and_preact(name, size):
     model = built(name).eval()
     torch.manual_seed(1)
     x = torch.randn(2, 3, size, size)
@@ -158,16 +151,6 @@ def _check_forward(name: str, size: int) -> None:
         for stage, preact in zip(feats.stages[:3], feats.preact_stages[:3], strict=True):
             assert torch.equal(stage, preact)  # linear bottlenecks end these stages
         assert torch.equal(torch.clamp(feats.preact_stages[3], 0, 6), feats.stages[3])
-
-
-@pytest.mark.parametrize("name, size", [("resnet18", 224), ("mobilenet_v2", 224), ("resnet34", 64), ("resnet50", 64)])
-def test_forward_features_shapes_and_preact(name, size):
-    _check_forward(name, size)
-
-
-@pytest.mark.slow
-def test_resnet152_forward_at_224():
-    _check_forward("resnet152", 224)
 
 
 def test_resnet_bottleneck_by_hand():
