@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from kd import DISTILLERS, build_distiller
 from engine.partners import main as partners_main
+from kd import DISTILLERS, build_distiller
 from models import BACKBONES, build_network
 from models.features import Features
 from utility.config import load_config
