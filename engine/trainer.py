@@ -426,6 +426,8 @@ class Trainer:
                 bad |= ~torch.isfinite(total)
                 self.iteration += 1
                 seen += plan.global_batch
+                if window and window[-1].keys() != terms.keys():  # init stage -> main stage
+                    window = []
                 window.append(terms)
                 at_log = self.iteration % cfg.LOG.PERIOD == 0 or self.iteration == plan.total_iters
                 at_ckpt = self.iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or self.iteration == plan.total_iters
