@@ -152,6 +152,28 @@ def _value_order(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, json.dumps(value))
 
 
+def labelled_groups(runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
+    """(row label, method, runs) per seed group, in table order (see `summarise`)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group_key(), []).append(run)
+    by_method: dict[str, list[list[Run]]] = {}
+    for members in groups.values():
+        by_method.setdefault(members[0].method, []).append(members)
+    ordered = []
+    for method in sorted(by_method, key=_order):  # stable: first-seen order within a class
+        member_groups = by_method[method]
+        spans = [{c for run in members for v in ("best", "last") for c in _scores(run, v)} for members in member_groups]
+        clashing = [i for i, span in enumerate(spans) if any(span & other for j, other in enumerate(spans) if j != i)]
+        ordered += [(method, method, members) for i, members in enumerate(member_groups) if i not in clashing]
+        if clashing:
+            differences = _differences([member_groups[i] for i in clashing])
+            for k in sorted(range(len(clashing)), key=lambda k: [_value_order(v) for v in differences[k].values()]):
+                text = ", ".join(f"{key}={value}" for key, value in differences[k].items())
+                ordered.append((f"{method} ({text})", method, member_groups[clashing[k]]))
+    return ordered
+
+
 def summarise(runs: list[Run]) -> tuple[list[str], list[str], Cells]:
     """(row labels, column labels, {(row, column): {'best': [...], 'last': [...]}}) over seed groups.
 
@@ -162,36 +184,19 @@ def summarise(runs: list[Run]) -> tuple[list[str], list[str], Cells]:
     tables: teacher, the no-distillation baseline, methods, combinations (`dct+kd`). The teacher and
     the baseline of a classification pair fill every pair column with that teacher / student.
     """
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.group_key(), []).append(run)
-    by_method: dict[str, list[list[Run]]] = {}
-    for members in groups.values():
-        by_method.setdefault(members[0].method, []).append(members)
-    methods = sorted(by_method, key=lambda m: _order(m))  # stable: first-seen order within a class
     rows: list[str] = []
     kinds: dict[str, str] = {}
     columns: list[str] = []
     cells: Cells = {}
-    for method in methods:
-        member_groups = by_method[method]
-        spans = [{c for run in members for v in ("best", "last") for c in _scores(run, v)} for members in member_groups]
-        clashing = [i for i, span in enumerate(spans) if any(span & other for j, other in enumerate(spans) if j != i)]
-        labelled = [(method, members) for i, members in enumerate(member_groups) if i not in clashing]
-        if clashing:
-            differences = _differences([member_groups[i] for i in clashing])
-            for k in sorted(range(len(clashing)), key=lambda k: [_value_order(v) for v in differences[k].values()]):
-                text = ", ".join(f"{key}={value}" for key, value in differences[k].items())
-                labelled.append((f"{method} ({text})", member_groups[clashing[k]]))
-        for row, members in labelled:
-            if row not in rows:
-                rows.append(row)
-            kinds[row] = method
-            for run in members:
-                for variant in ("best", "last"):
-                    for column, value in _scores(run, variant).items():
-                        columns += [column] if column not in columns else []
-                        cells.setdefault((row, column), {"best": [], "last": []})[variant].append(value)
+    for row, method, members in labelled_groups(runs):
+        if row not in rows:
+            rows.append(row)
+        kinds[row] = method
+        for run in members:
+            for variant in ("best", "last"):
+                for column, value in _scores(run, variant).items():
+                    columns += [column] if column not in columns else []
+                    cells.setdefault((row, column), {"best": [], "last": []})[variant].append(value)
     return rows, *_spread_over_pairs(rows, kinds, columns, cells)
 
 
@@ -222,6 +227,48 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {float(np.std(values)):.2f}"
 
 
+def _resolution_means(run: Run) -> dict[str, tuple[float, float]]:
+    """Face: per probe resolution, (mean accuracy over the sets, its standard error), both in %.
+
+    Each set's accuracy over n pairs is a binomial proportion, standard error sqrt(p (1 - p) / n);
+    the mean of S sets has sqrt(sum_s p_s (1 - p_s) / n_s) / S. Read a gap between two rows as
+    real only when it exceeds these.
+    """
+    entry = run.results.get("last") or run.results
+    if entry.get("task") == "classification":
+        return {}
+    by_column: dict[str, list[tuple[float, int]]] = {}
+    for data in entry.get("sets", {}).values():
+        for column, metrics in data["results"].items():
+            by_column.setdefault(column, []).append((float(metrics["accuracy"]), int(data.get("pairs", 0))))
+    means = {}
+    for column, values in by_column.items():
+        if any(n <= 0 for _, n in values):
+            continue
+        mean = sum(p for p, _ in values) / len(values)
+        error = float(np.sqrt(sum(p * (1 - p) / n for p, n in values))) / len(values)
+        means[column] = (100.0 * mean, 100.0 * error)
+    return means
+
+
+def face_means_markdown(runs: list[Run]) -> str:
+    """Face runs of one seed each: the mean over sets per resolution ± its standard error ('' otherwise)."""
+    groups = labelled_groups(runs)
+    if any(len(members) > 1 for _, _, members in groups) or any(run.task != "face" for run in runs):
+        return ""  # with seeds, the table's ± (spread over seeds) is the number that matters
+    means = {row: _resolution_means(members[0]) for row, _, members in groups}
+    columns = sorted({c for values in means.values() for c in values}, key=lambda c: (len(c), c))
+    if not columns:
+        return ""
+    lines = ["| method | " + " | ".join(f"mean @{c} ± s.e." for c in columns) + " |",
+             "|" + "|".join("---" for _ in range(len(columns) + 1)) + "|"]
+    for row, _, _ in groups:
+        values = means[row]
+        lines.append("| " + " | ".join([row] + [f"{values[c][0]:.2f} ± {values[c][1]:.2f}" if c in values else "–"
+                                               for c in columns]) + " |")
+    return "\n".join(lines)
+
+
 def summary_markdown(runs: list[Run]) -> str:
     """Markdown table: one row per method, each column 'best / last' (mean ± std over seeds)."""
     rows, columns, cells = summarise(runs)
@@ -240,6 +287,10 @@ def summary_markdown(runs: list[Run]) -> str:
     lines.append("")
     lines.append(f"Scores in %; {len(runs)} run{'s' if len(runs) != 1 else ''}; {seeds}"
                  + (" (mean ± population std)" if counts[-1] > 1 else "") + ".")
+    means = face_means_markdown(runs)
+    if means:
+        lines += ["", "Mean over the verification sets (last checkpoint) ± its standard error, from the pair counts "
+                  "(sqrt(p(1-p)/n) per set): a gap smaller than these is noise.", means]
     return "\n".join(lines)
 
 
