@@ -256,7 +256,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _note_capped(requested: int, cores: int) -> None:
     logging.getLogger(__name__).info(
         "DATA.WORKERS %d exceeds the %d available cores; using %d worker processes", requested, cores, cores)
