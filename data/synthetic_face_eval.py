@@ -33,6 +33,7 @@ from data.synthetic import face_training_images
 
 _IJB_STREAM, _TINYFACE_STREAM = 7001, 7002
 LOOSE_SIZE = 160
+_IJB_FRAMES = 8  # views drawn per subject; its templates take their frames from these
 _GALLERY_NAMES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
 
 
@@ -40,6 +41,11 @@ def _faces(seed: int, stream: int, identities: int, per_identity: int) -> np.nda
     """identities x per_identity x 112 x 112 x 3 uint8 BGR views."""
     images, _ = face_training_images(identities, per_identity, seed=seed * 100003 + stream)
     return images.reshape(identities, per_identity, *images.shape[1:])
+
+
+def ijb_faces(target: str, subjects: int, seed: int = 0) -> np.ndarray:
+    """The aligned 112 px views (subjects x 8 x 112 x 112 x 3) that a target's loose crops are made from."""
+    return _faces(seed, _IJB_STREAM + sum(map(ord, target)), subjects, _IJB_FRAMES)
 
 
 def _loose_crop(face: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +66,7 @@ def write_ijb_target(out_dir: str | Path, target: str = "IJBC", subjects: int = 
     folder = Path(out_dir) / target
     prefix = target.lower()
     rng = np.random.default_rng([seed, _IJB_STREAM, sum(map(ord, target))])
-    frames = 8  # views drawn per subject; templates take their frames from these
-    faces = _faces(seed, _IJB_STREAM + sum(map(ord, target)), subjects, frames)
+    faces = ijb_faces(target, subjects, seed)
     (folder / "meta").mkdir(parents=True, exist_ok=True)
     tid_mid, five_points, owners = [], [], []
     template_id, media_id, image_number = 1, 1000, 1
@@ -69,7 +74,7 @@ def write_ijb_target(out_dir: str | Path, target: str = "IJBC", subjects: int = 
         for _ in range(templates_per_subject):
             for _ in range(int(rng.integers(1, 4))):
                 for _ in range(int(rng.integers(1, 4))):
-                    crop, landmarks = _loose_crop(faces[subject, int(rng.integers(frames))], rng)
+                    crop, landmarks = _loose_crop(faces[subject, int(rng.integers(_IJB_FRAMES))], rng)
                     name = f"{image_number}.jpg"
                     write_image(folder / "loose_crop" / name, crop)
                     tid_mid.append(f"{name} {template_id} {media_id}")

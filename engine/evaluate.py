@@ -426,6 +426,9 @@ def evaluate_face(cfg: CfgNode, model: nn.Module, device: torch.device | str,
     """
     if not (cfg.EVAL.SETS or cfg.EVAL.IJB.ROOT or cfg.EVAL.TINYFACE.ROOT):
         raise ConfigError("nothing to evaluate: set EVAL.SETS (pair sets), EVAL.IJB.ROOT or EVAL.TINYFACE.ROOT")
+    if cfg.EVAL.IJB.ROOT and cfg.DATA.IMAGE_SIZE % 112 and cfg.DATA.IMAGE_SIZE % 128:
+        raise ConfigError(f"EVAL.IJB.ROOT: faces are aligned to DATA.IMAGE_SIZE = {cfg.DATA.IMAGE_SIZE}, which must "
+                          "be a multiple of 112 or 128 (insightface's templates)")
     for path in cfg.EVAL.SETS:
         load_verification_set_cached(cfg, path)
     ijb_targets = load_ijb_targets(cfg) if cfg.EVAL.IJB.ROOT else []
