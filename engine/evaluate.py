@@ -417,10 +417,12 @@ def _face_main(results: dict[str, Any], cfg: CfgNode) -> float:
 
 
 def evaluate_face(cfg: CfgNode, model: nn.Module, device: torch.device | str,
-                  output_dir: str | Path | None = None) -> dict[str, Any]:
+                  output_dir: str | Path | None = None, periodic: bool = False) -> dict[str, Any]:
     """Pair-set verification (EVAL.SETS), IJB-B/C (EVAL.IJB.ROOT) and TinyFace (EVAL.TINYFACE.ROOT).
 
     All metadata is read and checked before any image is embedded, so a bad meta line fails at once.
+    A `periodic` evaluation during training skips IJB / TinyFace (hundreds of thousands of images)
+    unless their PERIODIC key is set or there are no pair sets to select the best checkpoint by.
     The result is `evaluate_verification`'s dict (empty `sets` without EVAL.SETS) plus "ijb" and
     "tinyface" entries; `main` as `_face_main` says.
     """
@@ -431,8 +433,11 @@ def evaluate_face(cfg: CfgNode, model: nn.Module, device: torch.device | str,
                           "be a multiple of 112 or 128 (insightface's templates)")
     for path in cfg.EVAL.SETS:
         load_verification_set_cached(cfg, path)
-    ijb_targets = load_ijb_targets(cfg) if cfg.EVAL.IJB.ROOT else []
-    tinyface = load_tinyface(resolve_data_path(cfg, cfg.EVAL.TINYFACE.ROOT)) if cfg.EVAL.TINYFACE.ROOT else None
+    skip = periodic and bool(cfg.EVAL.SETS)
+    with_ijb = bool(cfg.EVAL.IJB.ROOT) and not (skip and not cfg.EVAL.IJB.PERIODIC)
+    with_tinyface = bool(cfg.EVAL.TINYFACE.ROOT) and not (skip and not cfg.EVAL.TINYFACE.PERIODIC)
+    ijb_targets = load_ijb_targets(cfg) if with_ijb else []
+    tinyface = load_tinyface(resolve_data_path(cfg, cfg.EVAL.TINYFACE.ROOT)) if with_tinyface else None
     if cfg.EVAL.SETS:
         results = evaluate_verification(cfg, model, device, output_dir)
     else:
@@ -511,16 +516,17 @@ def _average_crops(logits: Tensor, num_samples: int) -> Tensor:
 
 
 _TASKS: dict[str, Callable[..., dict[str, Any]]] = {
-    "face": lambda cfg, model, device, output_dir: evaluate_face(cfg, model, device, output_dir),
-    "classification": lambda cfg, model, device, output_dir: evaluate_classification(cfg, model, device),
+    "face": lambda cfg, model, device, output_dir, periodic: evaluate_face(cfg, model, device, output_dir, periodic),
+    "classification": lambda cfg, model, device, output_dir, periodic: evaluate_classification(cfg, model, device),
 }
 
 
 def evaluate(cfg: CfgNode, model: nn.Module, device: torch.device | str,
-             output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate `model` as EXPERIMENT.TASK says ("face" verification or "classification");
-    the result always has a `main` metric (higher is better) for best-checkpoint selection."""
+             output_dir: str | Path | None = None, periodic: bool = False) -> dict[str, Any]:
+    """Evaluate `model` as EXPERIMENT.TASK says ("face": pair sets, IJB-B/C, TinyFace; or
+    "classification"); the result always has a `main` metric (higher is better) for best-checkpoint
+    selection. `periodic` marks an EVAL.PERIOD evaluation during training (see `evaluate_face`)."""
     task = cfg.EXPERIMENT.TASK
     if task not in _TASKS:
         raise ConfigError(f"EXPERIMENT.TASK must be one of {list(_TASKS)}, got {task!r}")
-    return _TASKS[task](cfg, model, device, output_dir)
+    return _TASKS[task](cfg, model, device, output_dir, periodic)

@@ -17,11 +17,16 @@ from sklearn.metrics import roc_curve
 from sklearn.preprocessing import normalize
 
 from data.ijb import load_ijb, meta_paths
+from data.pairs import write_bin
+from data.synthetic import face_pairs
 from data.synthetic_face_eval import write_ijb, write_tinyface
 from engine.checkpoint import FORMAT
+from engine.evaluate import evaluate
+from engine.summary import Run, _scores
 from models import build_network
 from models.network import Network
 from utility.config import load_config
+from utility.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/demo/face_student.yaml"
@@ -137,3 +142,46 @@ def test_missing_tinyface_folder_exits_2(data, tmp_path):
 def test_nothing_to_evaluate_is_a_config_error(data, tmp_path):
     result = run("--config", CONFIG, "--checkpoint", str(data["checkpoint"]), *NET)
     assert result.returncode == 2 and "nothing to evaluate" in result.stderr
+
+
+def test_shipped_recipes_evaluate_the_benchmarks():
+    for name in ("adaarcdistill_ms1mv2", "adacosdistill_casia", "mobilefacenet_ms1mv2"):
+        cfg = load_config(ROOT / "configs/face/adadistill" / f"{name}.yaml")
+        assert cfg.EVAL.IJB.ROOT and list(cfg.EVAL.IJB.TARGETS) == ["IJBB", "IJBC"]
+    cfg = load_config(ROOT / "configs/face/a_skd/student_24_tinyface.yaml")
+    assert cfg.EVAL.TINYFACE.ROOT and list(cfg.EVAL.TINYFACE.RANKS) == [1, 5, 10, 20]
+
+
+def _tiny_model(cfg):
+    torch.manual_seed(0)
+    return Network(build_network(cfg.STUDENT, 1).backbone, None).eval()
+
+
+def test_periodic_evaluation_skips_the_benchmarks_when_pair_sets_exist(data, tmp_path):
+    images, issame = face_pairs(20, seed=1)
+    write_bin(tmp_path / "lfw.bin", list(images), issame)
+    overrides = [*NET, "EVAL.SETS", f"['{tmp_path / 'lfw.bin'}']", "EVAL.FOLDS", "2", "EVAL.ROC", "False",
+                 "EVAL.IJB.ROOT", str(tmp_path / "absent")]
+    cfg = load_config(ROOT / CONFIG, overrides)
+    periodic = evaluate(cfg, _tiny_model(cfg), "cpu", periodic=True)  # the absent IJB folder is never read
+    assert "ijb" not in periodic and periodic["main"] == periodic["sets"]["lfw"]["results"]["14"]["accuracy"]
+    cfg = load_config(ROOT / CONFIG, [*overrides, "EVAL.IJB.PERIODIC", "True"])
+    with pytest.raises(DataError, match="absent/IJBC/loose_crop does not exist"):
+        evaluate(cfg, _tiny_model(cfg), "cpu", periodic=True)
+
+
+def test_alignment_size_must_fit_the_templates(data):
+    cfg = load_config(ROOT / CONFIG, [*NET, "EVAL.IJB.ROOT", str(data["ijb"]), "DATA.IMAGE_SIZE", "96"])
+    with pytest.raises(ConfigError, match="multiple of 112 or 128"):
+        evaluate(cfg, None, "cpu")
+
+
+def test_summary_columns_carry_the_benchmark_numbers():
+    results = {"task": "face", "sets": {}, "main": 0.5,
+               "ijb": {"IJBC": {"results": {"28": {"tar": {"0.0001": 0.5, "0.001": 0.75},
+                                                   "one_to_n": {"rank": {"1": 0.25}, "tpir": {}}}}}},
+               "tinyface": {"results": {"native": {"rank": {"1": 0.125, "5": 0.5}}}}}
+    run = Run(Path("x"), {"DISTILL": {"TYPE": "kd"}}, {"last": results, "best": results}, "student")
+    assert _scores(run, "last") == {"IJBC@28 TAR@FAR=0.0001": 50.0, "IJBC@28 TAR@FAR=0.001": 75.0,
+                                    "IJBC@28 1:N rank-1": 25.0, "TinyFace@native rank-1": 12.5,
+                                    "TinyFace@native rank-5": 50.0}

@@ -87,10 +87,12 @@ _C.EVAL.IJB.USE_NORM_SCORE = True  # N1: keep the raw feature norm as a quality 
 _C.EVAL.IJB.USE_DETECTOR_SCORE = True  # D1: scale image features by the detector's faceness score
 _C.EVAL.IJB.FARS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # FARs at which 1:1 TAR is reported
 _C.EVAL.IJB.ONE_TO_N = False  # also 1:N identification (needs the 1N gallery/probe csvs)
+_C.EVAL.IJB.PERIODIC = False  # also at EVAL.PERIOD evaluations during training (False: final one only, when EVAL.SETS exist)
 _C.EVAL.IJB.FEATURES_DIR = ""  # keep the raw N x 2D image features (.npy) here; "" = temporary, deleted
 _C.EVAL.TINYFACE = CN()
 _C.EVAL.TINYFACE.ROOT = ""  # folder holding tinyface/Testing_Set (and aligned_pad_0.1_pad_high); "" = none
 _C.EVAL.TINYFACE.RANKS = [1, 5, 10, 20]  # closed-set identification ranks reported
+_C.EVAL.TINYFACE.PERIODIC = False  # also at EVAL.PERIOD evaluations during training (False: final one only, when EVAL.SETS exist)
 _C.EVAL.TINYFACE.USE_FLIP_TEST = True  # feature = l2normalize(f(x) + f(flip x)) (AdaFace); False: l2normalize(f(x))
 
 # ---------------------------------------------------------------------------------------------
