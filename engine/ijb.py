@@ -22,7 +22,7 @@ import numpy as np
 from engine.verification import to_numpy
 
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-_PAIR_BATCH = 16384  # pair rows gathered at once: bounded memory for IJB-C's 15.7 M pairs
+_SCORE_BLOCK = 1 << 23  # similarity entries computed at once (64 MB of float64): bounded memory
 _PROBE_BATCH = 1024
 
 
@@ -93,16 +93,27 @@ def pair_scores(unique_templates: Any, template_feats: Any, t1: Any, t2: Any) ->
 
 def cross_pair_scores(unique_templates: Any, first_feats: Any, second_feats: Any, t1: Any, t2: Any) -> np.ndarray:
     """`pair_scores` with t1's features from `first_feats` and t2's from `second_feats` (rows in
-    `unique_templates` order): the cross-resolution protocol scores an HR template against an LR one."""
+    `unique_templates` order): the cross-resolution protocol scores an HR template against an LR one.
+
+    Pairs are grouped by their first template; each group of first templates is scored against every
+    template with one matrix product, and the pairs pick their entries. IJB-C's 15.7 M pairs touch only
+    23 k templates, so this reads far less memory than gathering two feature rows per pair.
+    """
     unique_templates = to_numpy(unique_templates).astype(np.int64).reshape(-1)
     left_feats = to_numpy(first_feats).astype(np.float64)
     right_feats = to_numpy(second_feats).astype(np.float64)
     first = _rows_of(unique_templates, to_numpy(t1).astype(np.int64).reshape(-1))
     second = _rows_of(unique_templates, to_numpy(t2).astype(np.int64).reshape(-1))
     scores = np.empty(first.size, dtype=np.float64)
-    for start in range(0, first.size, _PAIR_BATCH):
-        stop = start + _PAIR_BATCH
-        scores[start:stop] = np.einsum("ij,ij->i", left_feats[first[start:stop]], right_feats[second[start:stop]])
+    order = np.argsort(first, kind="stable")
+    rows, starts = np.unique(first[order], return_index=True)
+    starts = np.r_[starts, order.size]
+    block = max(1, _SCORE_BLOCK // max(1, right_feats.shape[0]))
+    for begin in range(0, rows.size, block):
+        chunk = rows[begin:begin + block]
+        similarity = left_feats[chunk] @ right_feats.T
+        pairs = order[starts[begin]:starts[min(begin + block, rows.size)]]
+        scores[pairs] = similarity[np.searchsorted(chunk, first[pairs]), second[pairs]]
     return scores
 
 

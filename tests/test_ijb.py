@@ -14,6 +14,7 @@ from sklearn.metrics import roc_curve
 from data.ijb import IJBImages, load_ijb, meta_paths
 from data.synthetic_face_eval import ijb_faces, write_ijb
 from engine.ijb import (
+    cross_pair_scores,
     identification_1n,
     image_features,
     mate_indices,
@@ -251,3 +252,19 @@ def test_streamed_pooling_in_small_chunks_equals_one_pass(ijb_root, monkeypatch)
     ids, feats = runner._ijb_templates(get_defaults(), ijb, raw)
     np.testing.assert_array_equal(ids, expected[0])
     np.testing.assert_allclose(feats, expected[1], rtol=1e-6, atol=1e-7)
+
+
+def test_pair_scores_equal_row_dot_products_on_random_pairs():
+    rng = np.random.default_rng(1)
+    ids = np.sort(rng.choice(10_000, 300, replace=False))
+    feats = normalize_rows(rng.normal(size=(300, 8)))
+    other = normalize_rows(rng.normal(size=(300, 8)))
+    t1, t2 = rng.choice(ids, 5000), rng.choice(ids, 5000)
+    rows1, rows2 = np.searchsorted(ids, t1), np.searchsorted(ids, t2)
+    np.testing.assert_allclose(pair_scores(ids, feats, t1, t2), np.sum(feats[rows1] * feats[rows2], 1), atol=1e-12)
+    np.testing.assert_allclose(cross_pair_scores(ids, feats, other, t1, t2),
+                               np.sum(feats[rows1] * other[rows2], 1), atol=1e-12)
+
+
+def normalize_rows(values: np.ndarray) -> np.ndarray:
+    return values / np.linalg.norm(values, axis=1, keepdims=True)
