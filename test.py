@@ -5,7 +5,8 @@
 
 Without --checkpoint the run's OUTPUT_DIR/last.pt and best.pt are both evaluated (best and last
 epoch side by side). --summary collects many runs' results into one table (rows = methods,
-columns = teacher/student pairs or set @ resolution, mean ± std over seeds).
+columns = teacher/student pairs or set @ resolution, mean ± std over seeds). IJB-B/C and TinyFace are
+evaluated through config keys: EVAL.IJB.ROOT DIR and/or EVAL.TINYFACE.ROOT DIR (README, face benchmarks).
 """
 
 from __future__ import annotations
