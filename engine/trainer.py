@@ -321,14 +321,16 @@ class Trainer:
                             self.cfg.EXPERIMENT.DETERMINISTIC)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def evaluate(self) -> dict[str, Any] | None:
-        """Evaluate the trained network (rank 0); keep `best.pt` by the main metric."""
+    def evaluate(self, periodic: bool = False) -> dict[str, Any] | None:
+        """Evaluate the trained network (rank 0); keep `best.pt` by the main metric. `periodic`: an
+        EVAL.PERIOD evaluation, which skips the large benchmarks unless their PERIODIC key asks."""
         results = None
         if self.env.is_main:
             network = self.distiller.student
             was_training = network.training
             network.eval()
-            results = evaluate(self.cfg, network, self.device, output_dir=self.output_dir)  # fp32: faithful numbers
+            results = evaluate(self.cfg, network, self.device, output_dir=self.output_dir,  # fp32: faithful numbers
+                               periodic=periodic)
             network.train(was_training)
             results["iteration"] = self.iteration
             self.last_results = results
@@ -441,7 +443,7 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                 if at_eval and self.iteration < plan.total_iters:
-                    self.evaluate()
+                    self.evaluate(periodic=True)
                     self.model.train()
                 if at_ckpt:
                     self.save("last.pt")
