@@ -104,7 +104,7 @@ def flops_per_image(network: torch.nn.Module, image_size: int, device: torch.dev
 
 def dry_run_report(trainer: Any) -> str:
     """One forward/backward on one batch, then sizes, FLOPs and the resolved config."""
-    batch = next(iter(trainer.loader))
+    batch = trainer.bad_samples.take(next(iter(trainer.loader)))
     total, terms = trainer.train_step(batch)
     if not torch.isfinite(total):
         raise ConfigError(f"dry run: the first step's loss is not finite ({ {k: float(v) for k, v in terms.items()} })")

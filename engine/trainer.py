@@ -452,7 +452,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimiser step on one CPU batch; returns the summed loss and its terms (on device)."""
-        batch = to_device(self.bad_samples.take(batch), self.device)
+        batch = to_device(batch, self.device)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(worker_seed(self.cfg.EXPERIMENT.SEED, self.iteration, self.env.rank))
         batch = self.transform(batch, generator)
@@ -513,7 +513,7 @@ class Trainer:
             for batch in self.loader:
                 if self.iteration >= plan.total_iters:
                     break
-                total, terms = self.train_step(batch)
+                total, terms = self.train_step(self.bad_samples.take(batch))
                 bad |= ~torch.isfinite(total)
                 self.iteration += 1
                 seen += plan.global_batch
