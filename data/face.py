@@ -30,6 +30,8 @@ from utility.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+MAX_CLASSES = 1 << 24  # sane bound on a label read from a file (WebFace42M has 2 M identities)
+
 
 def _split_path(cfg: Any, split: str) -> Path:
     key = "TRAIN" if split == "train" else "VAL"
@@ -150,19 +152,19 @@ class FaceRecordIO(FaceDataset):
                 labels[start - 1 : stop - 1] = label
             if (labels < 0).any():
                 logger.info("%s: identity records do not cover every image; reading image headers", record.rec_path)
-                labels = np.asarray([self._header_label(int(k), count) for k in self.keys], dtype=np.int64)
+                labels = np.asarray([self._header_label(int(k)) for k in self.keys], dtype=np.int64)
             num_classes = end - first_identity
         else:
             self.keys = np.asarray(record.keys, dtype=np.int64)
-            labels = np.asarray([self._header_label(int(k), count) for k in self.keys], dtype=np.int64)
+            labels = np.asarray([self._header_label(int(k)) for k in self.keys], dtype=np.int64)
             num_classes = int(labels.max()) + 1 if len(labels) else 0
         if not len(self.keys):
             raise DataError(f"{record.rec_path}: holds no image records")
         return labels, max(num_classes, int(labels.max()) + 1)
 
-    def _header_label(self, key: int, count: int) -> int:
-        """A label from an image header; at most one class per record, so it lies below `count`."""
-        return label_value(self.record.read_header(key), f"{self.record.rec_path}: record {key}", count)
+    def _header_label(self, key: int) -> int:
+        """A label from an image header: a whole number below MAX_CLASSES (it sizes the head)."""
+        return label_value(self.record.read_header(key), f"{self.record.rec_path}: record {key}", MAX_CLASSES)
 
     def load_image(self, index: int) -> np.ndarray:
         key = int(self.keys[index])
