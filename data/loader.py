@@ -15,7 +15,9 @@ independent of worker count and scheduling, and reproducible after a resume.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data import DATASETS
 from data.bad_samples import SkipBadSamples
+from data.requests import BatchRequest
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 from utility.seed import worker_seed
@@ -79,8 +82,9 @@ def infer_format(path: Path) -> str:
     raise DataError(f"cannot tell the dataset format of {path}; expected {_FORMATS_HELP}")
 
 
-def build_dataset(cfg: Any, split: str = "train") -> Dataset:
-    """The dataset for `split` ("train" reads DATA.TRAIN, "val" reads DATA.VAL)."""
+def build_dataset(cfg: Any, split: str = "train", request: BatchRequest | None = None) -> Dataset:
+    """The dataset for `split` ("train" reads DATA.TRAIN, "val" reads DATA.VAL); `request` says what the
+    training batches must carry beyond image/label/index (`kd.batch_request(cfg)`; none by default)."""
     name = cfg.DATA.FORMAT
     if name == "auto":
         raw = cfg.DATA.TRAIN if split == "train" else cfg.DATA.VAL
@@ -89,9 +93,11 @@ def build_dataset(cfg: Any, split: str = "train") -> Dataset:
             raise ConfigError(f"'{key}' is empty; set it to {_FORMATS_HELP}")
         path = resolve_data_path(cfg, raw)
         if not path.exists():
-            raise DataError(f"{key} = {raw!r} resolves to {path}, which does not exist (check DATA.ROOT)")
+            hint = (f"DATA.ROOT is empty: set it to the folder that holds {raw!r}" if not cfg.DATA.ROOT
+                    else "check DATA.ROOT")
+            raise DataError(f"{key} = {raw!r} resolves to {path}, which does not exist ({hint})")
         name = infer_format(path)
-    return DATASETS.build(name, cfg=cfg, split=split)
+    return DATASETS.build(name, cfg=cfg, split=split, request=request)
 
 
 class ResumableSampler:
@@ -223,16 +229,13 @@ class TrainLoader:
             yield item
 
     def _extras(self, indices: torch.Tensor, batch_number: int) -> dict[str, Any]:
-        """Per-batch extras of a device-resident dataset (CRD negatives), seeded per (seed, epoch, batch)."""
+        """Per-batch extras of a device-resident dataset (contrast indices), from the dataset's
+        `batch_extras(indices, rng)` with a generator seeded per (seed, epoch, batch, rank)."""
         extras = getattr(self.dataset, "batch_extras", None)
-        if extras is not None:
-            return extras(indices, self.sampler.epoch)
-        negatives = int(getattr(self.dataset, "crd_negatives", 0))
-        if negatives > 0 and hasattr(self.dataset, "sample_contrast_indices"):
-            rng = sample_rng(self.sampler.seed, self.sampler.epoch, batch_number, self.sampler.rank)
-            drawn = self.dataset.sample_contrast_indices(indices.numpy(), negatives, rng)
-            return {"contrast_index": torch.as_tensor(drawn, dtype=torch.long)}
-        return {}
+        if extras is None:
+            return {}
+        rng = sample_rng(self.sampler.seed, self.sampler.epoch, batch_number, self.sampler.rank)
+        return extras(indices.numpy(), rng)
 
 
 def _private_generator(seed: int) -> torch.Generator:
@@ -245,21 +248,47 @@ def _pin_memory(cfg: Any, device: torch.device) -> bool:
     return bool(cfg.DATA.PIN_MEMORY) and device.type == "cuda" and torch.cuda.is_available()
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@functools.cache
+def _note_capped(requested: int, cores: int) -> None:
+    logging.getLogger(__name__).info(
+        "DATA.WORKERS %d exceeds the %d available cores; using %d worker processes", requested, cores, cores)
+
+
+def worker_count(cfg: Any) -> int:
+    """DATA.WORKERS capped at the available cores (more processes than cores only compete).
+
+    The cap is logged once per process (not once per loader); DataLoader's own warning about too
+    many workers then never fires.
+    """
+    requested, cores = int(cfg.DATA.WORKERS), available_cores()
+    if requested > cores:
+        _note_capped(requested, cores)
+        return cores
+    return requested
+
+
 def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, seed: int, rank: int = 0,
                        world_size: int = 1, device: torch.device | str | None = None) -> TrainLoader:
     """Shuffled, sharded, resumable training batches (drop_last: every step sees a full batch).
 
     With `DATA.ON_DEVICE` and a dataset exposing `images` (N x H x W x 3 uint8) and `labels`, the
     whole set lives on `device` and batches are gathered there; a dataset method
-    `batch_extras(indices, epoch) -> dict` (or CIFAR's `sample_contrast_indices(indices, k, rng)` with
-    `crd_negatives` = k) adds per-batch extras (CRD negatives) in that mode.
+    `batch_extras(indices, rng) -> dict` adds per-batch extras (contrast indices) in that mode.
     """
     device = torch.device(device) if device is not None else default_device(cfg)
     sampler = ResumableSampler(len(dataset), batch_size_per_rank, seed, rank, world_size, shuffle=True,
                                drop_last=True)
     if cfg.DATA.ON_DEVICE and hasattr(dataset, "images"):
         return TrainLoader(dataset, sampler, None, device)
-    workers = int(cfg.DATA.WORKERS)
+    workers = worker_count(cfg)
     loader = DataLoader(
         SkipBadSamples(dataset),  # an undecodable sample is replaced and counted, not fatal
         batch_sampler=sampler,
@@ -274,7 +303,7 @@ def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, see
 
 def build_eval_loader(cfg: Any, dataset: Dataset, batch_size: int) -> DataLoader:
     """Sequential batches over the whole dataset (no shuffling, last batch kept)."""
-    workers = int(cfg.DATA.WORKERS)
+    workers = worker_count(cfg)
     return DataLoader(
         dataset,
         batch_size=batch_size,

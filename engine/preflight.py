@@ -71,4 +71,4 @@ def check_run_inputs(cfg: Any, role: str, uses_teacher: bool) -> None:
         table = resolve_data_path(cfg, cfg.DATA.PARTNER_TABLE)
         if not table.is_file():
             raise DataError(f"DATA.PARTNER_TABLE = {cfg.DATA.PARTNER_TABLE!r} resolves to {table}, which does not "
-                            "exist; write one with `python -m kd.f_skd partners`")
+                            "exist; write one with `python -m engine.partners`")
