@@ -69,6 +69,13 @@ class SkipBadSamples(Dataset):
         )
 
 
+def without_skip_fields(batch: dict[str, Any]) -> dict[str, Any]:
+    """`batch` without the fields `SkipBadSamples` adds (for callers that do not count them)."""
+    if SKIPPED not in batch:
+        return batch
+    return {key: value for key, value in batch.items() if key not in (SKIPPED, SKIPPED_RECORDS)}
+
+
 class BadSampleCounter:
     """Totals of skipped samples over the run, and the ceiling past which the run stops."""
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed
 from torch import nn
 
-from data.bad_samples import BadSampleCounter
+from data.bad_samples import BadSampleCounter, without_skip_fields
 from data.loader import build_dataset, build_train_loader, to_device
 from data.transforms import TrainTransform
 from engine import distributed as dist
@@ -454,7 +454,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimiser step on one CPU batch; returns the summed loss and its terms (on device)."""
-        batch = to_device(batch, self.device)
+        batch = to_device(without_skip_fields(batch), self.device)  # counted by the loop, if at all
         generator = torch.Generator(device=self.device)
         generator.manual_seed(worker_seed(self.cfg.EXPERIMENT.SEED, self.iteration, self.env.rank))
         batch = self.transform(batch, generator)
