@@ -49,8 +49,8 @@ from data.transforms import TrainTransform
 from engine.distributed import DistEnv
 from engine.fast_path import apply_fast_path
 from engine.optim import build_optimizer, build_scheduler, scaled_lr
-from engine.trainer import Trainer, _precision_dtype
-from kd import build_distiller
+from engine.trainer import Plan, Trainer, _precision_dtype
+from kd import batch_request, build_distiller
 from models import build_network
 from models.network import Network
 from utility.config import load_config
@@ -365,8 +365,11 @@ def distillery_trainer(cfg: Any, student: Network, teacher: Network | None, num_
     trainer = Trainer.__new__(Trainer)
     trainer.cfg, trainer.role, trainer.device, trainer.iteration = cfg, "student", device, 0
     trainer.env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)
-    trainer.transform = TrainTransform(cfg)
+    trainer.transform = TrainTransform(cfg, batch_request(cfg))
     trainer.distiller = build_distiller(cfg, student, teacher, num_classes).to(device)
+    batch = int(cfg.SOLVER.BATCH_SIZE)
+    trainer.plan = Plan(iters_per_epoch=10**9, total_iters=10**9, global_batch=batch, batch_per_rank=batch)
+    trainer.init_optimizer = None
     if cfg.SOLVER.CHANNELS_LAST:
         trainer.distiller.to(memory_format=torch.channels_last)
     if cfg.SOLVER.COMPILE:

@@ -1,8 +1,9 @@
 """Datasets (registered by name), readers of the real file formats, and batched transforms.
 
-Contract of every registered dataset (`DATASETS.build(name, cfg=cfg, split="train"|"val")`):
+Contract of every registered dataset (`DATASETS.build(name, cfg=cfg, split="train"|"val", request=...)`):
 `ds[i]` returns a dict with `image` (H x W x 3 uint8 NumPy array in `cfg.DATA.COLOR` order),
-`label` (int) and `index` (int), plus optional extras (`partner`, `contrast_index`, ...);
+`label` (int) and `index` (int), plus the extras the `data.requests.BatchRequest` asks for
+(`partner`, `contrast_index`, ...);
 `ds.num_classes` and `ds.labels` (int64 NumPy array, one per sample) are attributes.
 Images travel as uint8; normalisation, augmentation and low-resolution degradation run batched
 on the training device (`data/transforms.py`, `data/lowres.py`).

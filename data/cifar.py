@@ -28,6 +28,7 @@ from yacs.config import CfgNode
 
 from data import DATASETS
 from data.loader import sample_rng
+from data.requests import CONTRAST_POOLS, NOTHING_EXTRA, BatchRequest
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 CIFAR_FOLDER = "cifar-100-python"
 SPLIT_FILES = {"train": "train", "val": "test", "test": "test"}
 IMAGE_SIDE = 32
-CRD_POOLS = ("class", "dct_first_n")
 
 # RNG streams, so the crop and contrast draws of one (seed, epoch, index) never share random numbers.
 STREAM_CONTRAST = 1
@@ -146,8 +146,8 @@ class ContrastSampler:
     """
 
     def __init__(self, labels: np.ndarray, num_classes: int, pool: str = "class") -> None:
-        if pool not in CRD_POOLS:
-            raise ConfigError(f"'DATA.CRD_POOL' must be one of {list(CRD_POOLS)}, got {pool!r}")
+        if pool not in CONTRAST_POOLS:
+            raise ConfigError(f"contrast pool must be one of {list(CONTRAST_POOLS)}, got {pool!r}")
         self.labels = np.asarray(labels, dtype=np.int64)
         members = np.arange(len(self.labels) if pool == "class" else min(num_classes, len(self.labels)))
         self._order = members[np.argsort(self.labels[members], kind="stable")]
@@ -196,14 +196,14 @@ class CIFAR100(Dataset):
     """CIFAR-100 train ("train") or test ("val") split, fully in memory as uint8 HWC images.
 
     Items: `image` (32 x 32 x 3 uint8, DATA.COLOR order), `label`, `index`, and for the training split
-    with DATA.CRD_NEGATIVES = K > 0 also `contrast_index` (K + 1 int64, see `ContrastSampler`), drawn
+    with `request.contrast_negatives` = K > 0 also `contrast_index` (K + 1 int64, see `ContrastSampler`), drawn
     from `data.loader.sample_rng(EXPERIMENT.SEED, epoch, index)`, the epoch taken from the loader's
     `SampleIndex` (or `set_epoch` for plain ints). `images` is the whole split as one N x 32 x 32 x 3
     uint8 tensor (sharing memory with the items) so the loader can keep it on the device when
     DATA.ON_DEVICE.
     """
 
-    def __init__(self, cfg: CfgNode, split: str = "train") -> None:
+    def __init__(self, cfg: CfgNode, split: str = "train", request: BatchRequest | None = None) -> None:
         split_path, meta_path = _split_paths(cfg, split)
         images, labels = read_split(split_path)
         self.class_names = read_class_names(meta_path)
@@ -222,10 +222,11 @@ class CIFAR100(Dataset):
         self._images = images
         self.seed = int(cfg.EXPERIMENT.SEED)
         self.epoch = 0
-        self.crd_negatives = int(cfg.DATA.CRD_NEGATIVES) if split == "train" else 0
+        request = request or NOTHING_EXTRA
+        self.contrast_negatives = request.contrast_negatives if split == "train" else 0
         self.contrast: ContrastSampler | None = None
-        if self.crd_negatives > 0:
-            self.contrast = ContrastSampler(labels, self.num_classes, cfg.DATA.CRD_POOL)
+        if self.contrast_negatives > 0:
+            self.contrast = ContrastSampler(labels, self.num_classes, request.contrast_pool)
         logger.info("CIFAR-100 %s: %d images, %d classes from %s", split, len(labels), self.num_classes, split_path)
 
     def __len__(self) -> int:
@@ -239,13 +240,14 @@ class CIFAR100(Dataset):
         epoch = getattr(index, "epoch", self.epoch)  # a loader `SampleIndex` carries its epoch
         index = int(index)
         item: dict[str, Any] = {"image": self._images[index], "label": int(self.labels[index]), "index": index}
-        if self.contrast is not None and self.crd_negatives > 0:
+        if self.contrast is not None:
             rng = sample_rng(self.seed, epoch, index, STREAM_CONTRAST)
-            item["contrast_index"] = self.contrast.draw(index, self.crd_negatives, rng)
+            item["contrast_index"] = self.contrast.draw(index, self.contrast_negatives, rng)
         return item
 
-    def sample_contrast_indices(self, indices: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-        """Contrast indices for a whole batch (B x (k + 1)), for the device-resident path."""
+    def batch_extras(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+        """Per-batch extras for the device-resident path: the contrast indices (B x (K + 1))."""
         if self.contrast is None:
-            self.contrast = ContrastSampler(self.labels, self.num_classes)
-        return self.contrast.draw_batch(indices, k, rng)
+            return {}
+        drawn = self.contrast.draw_batch(indices, self.contrast_negatives, rng)
+        return {"contrast_index": torch.as_tensor(drawn, dtype=torch.long)}

@@ -1,8 +1,9 @@
 """Face-recognition training sets: insightface RecordIO, `train.list`, and class-folder trees.
 
 Every dataset returns `dict(image, label, index)` (H x W x 3 uint8 in `DATA.COLOR` order) plus:
-- `partner`, `partner_index` when `DATA.PARTNER` is "table": F-SKD's same-identity partner from
-  an int64 `.npy` table with one partner index per sample (`DATA.PARTNER_TABLE`);
+- `partner`, `partner_index` when the method's `BatchRequest` asks for "table" partners: a
+  same-identity partner from an int64 `.npy` table with one partner index per sample
+  (`DATA.PARTNER_TABLE`, written by `python -m engine.partners`);
 - `image_lr` (and `partner_lr`), `lowres_size` when `DATA.LOWRES.BACKEND` is "opencv": F-SKD's LR
   view made here with OpenCV on uint8, seeded per (seed, epoch, index) so it does not depend on
   worker scheduling; the device transform then flips both views together.
@@ -25,6 +26,7 @@ from data.lists import read_image, read_image_list, scan_class_folders
 from data.loader import sample_epoch, sample_rng
 from data.lowres import random_degrade_opencv
 from data.recordio import RecordIO, decode_image
+from data.requests import NOTHING_EXTRA, BatchRequest
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 
@@ -42,7 +44,8 @@ def _split_path(cfg: Any, split: str) -> Path:
 class FaceDataset(Dataset, ABC):
     """Shared item assembly: colour order, size check, partner table, OpenCV LR view."""
 
-    def __init__(self, cfg: Any, split: str, labels: np.ndarray, num_classes: int) -> None:
+    def __init__(self, cfg: Any, split: str, labels: np.ndarray, num_classes: int,
+                 request: BatchRequest | None = None) -> None:
         self.cfg = cfg
         self.split = split
         self.color = cfg.DATA.COLOR
@@ -58,13 +61,14 @@ class FaceDataset(Dataset, ABC):
         self.num_classes = int(num_classes)
         lowres = cfg.DATA.LOWRES
         self.opencv_lowres = split == "train" and lowres.BACKEND == "opencv" and len(lowres.SIZES) > 0
-        self.partners = self._load_partners() if split == "train" and cfg.DATA.PARTNER == "table" else None
+        request = request or NOTHING_EXTRA
+        self.partners = self._load_partners() if split == "train" and request.partner == "table" else None
 
     def _load_partners(self) -> np.ndarray:
         raw = self.cfg.DATA.PARTNER_TABLE
         if not raw:
             raise ConfigError("'DATA.PARTNER' is 'table' but 'DATA.PARTNER_TABLE' is empty; "
-                              "write one with `python -m kd.f_skd partners`")
+                              "write one with `python -m engine.partners --config CONFIG`")
         path = resolve_data_path(self.cfg, raw)
         try:
             table = np.load(path, allow_pickle=False)
@@ -128,13 +132,13 @@ class FaceRecordIO(FaceDataset):
     record is an image, in index order, and num_classes is max label + 1.
     """
 
-    def __init__(self, cfg: Any, split: str = "train") -> None:
+    def __init__(self, cfg: Any, split: str = "train", request: BatchRequest | None = None) -> None:
         path = _split_path(cfg, split)
         if path.is_dir():
             path = path / "train.rec"
         self.record = RecordIO(path)
         labels, num_classes = self._scan()
-        super().__init__(cfg, split, labels, num_classes)
+        super().__init__(cfg, split, labels, num_classes, request)
 
     def _scan(self) -> tuple[np.ndarray, int]:
         record = self.record
@@ -172,12 +176,12 @@ class FaceRecordIO(FaceDataset):
 class FaceImageList(FaceDataset):
     """Images and labels from a `train.list` (`<path>  <label>` per line)."""
 
-    def __init__(self, cfg: Any, split: str = "train") -> None:
+    def __init__(self, cfg: Any, split: str = "train", request: BatchRequest | None = None) -> None:
         path = _split_path(cfg, split)
         if path.is_dir():
             path = path / "train.list"
         self.paths, labels = read_image_list(path)
-        super().__init__(cfg, split, labels, int(labels.max()) + 1)
+        super().__init__(cfg, split, labels, int(labels.max()) + 1, request)
 
     def load_image(self, index: int) -> np.ndarray:
         return read_image(self.paths[index], "bgr")
@@ -187,11 +191,11 @@ class FaceImageList(FaceDataset):
 class FaceFolder(FaceDataset):
     """An `image/<class>/<file>.jpg` tree (the folder holding `image/`, or the class root itself)."""
 
-    def __init__(self, cfg: Any, split: str = "train") -> None:
+    def __init__(self, cfg: Any, split: str = "train", request: BatchRequest | None = None) -> None:
         path = _split_path(cfg, split)
         root = path / "image" if (path / "image").is_dir() else path
         self.paths, labels, self.classes = scan_class_folders(root)
-        super().__init__(cfg, split, labels, len(self.classes))
+        super().__init__(cfg, split, labels, len(self.classes), request)
 
     def load_image(self, index: int) -> np.ndarray:
         return read_image(self.paths[index], "bgr")

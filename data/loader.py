@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data import DATASETS
+from data.requests import BatchRequest
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 from utility.seed import worker_seed
@@ -78,8 +79,9 @@ def infer_format(path: Path) -> str:
     raise DataError(f"cannot tell the dataset format of {path}; expected {_FORMATS_HELP}")
 
 
-def build_dataset(cfg: Any, split: str = "train") -> Dataset:
-    """The dataset for `split` ("train" reads DATA.TRAIN, "val" reads DATA.VAL)."""
+def build_dataset(cfg: Any, split: str = "train", request: BatchRequest | None = None) -> Dataset:
+    """The dataset for `split` ("train" reads DATA.TRAIN, "val" reads DATA.VAL); `request` says what the
+    training batches must carry beyond image/label/index (`kd.batch_request(cfg)`; none by default)."""
     name = cfg.DATA.FORMAT
     if name == "auto":
         raw = cfg.DATA.TRAIN if split == "train" else cfg.DATA.VAL
@@ -90,7 +92,7 @@ def build_dataset(cfg: Any, split: str = "train") -> Dataset:
         if not path.exists():
             raise DataError(f"{key} = {raw!r} resolves to {path}, which does not exist (check DATA.ROOT)")
         name = infer_format(path)
-    return DATASETS.build(name, cfg=cfg, split=split)
+    return DATASETS.build(name, cfg=cfg, split=split, request=request)
 
 
 class ResumableSampler:
@@ -222,16 +224,13 @@ class TrainLoader:
             yield item
 
     def _extras(self, indices: torch.Tensor, batch_number: int) -> dict[str, Any]:
-        """Per-batch extras of a device-resident dataset (CRD negatives), seeded per (seed, epoch, batch)."""
+        """Per-batch extras of a device-resident dataset (contrast indices), from the dataset's
+        `batch_extras(indices, rng)` with a generator seeded per (seed, epoch, batch, rank)."""
         extras = getattr(self.dataset, "batch_extras", None)
-        if extras is not None:
-            return extras(indices, self.sampler.epoch)
-        negatives = int(getattr(self.dataset, "crd_negatives", 0))
-        if negatives > 0 and hasattr(self.dataset, "sample_contrast_indices"):
-            rng = sample_rng(self.sampler.seed, self.sampler.epoch, batch_number, self.sampler.rank)
-            drawn = self.dataset.sample_contrast_indices(indices.numpy(), negatives, rng)
-            return {"contrast_index": torch.as_tensor(drawn, dtype=torch.long)}
-        return {}
+        if extras is None:
+            return {}
+        rng = sample_rng(self.sampler.seed, self.sampler.epoch, batch_number, self.sampler.rank)
+        return extras(indices.numpy(), rng)
 
 
 def _private_generator(seed: int) -> torch.Generator:
@@ -250,8 +249,7 @@ def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, see
 
     With `DATA.ON_DEVICE` and a dataset exposing `images` (N x H x W x 3 uint8) and `labels`, the
     whole set lives on `device` and batches are gathered there; a dataset method
-    `batch_extras(indices, epoch) -> dict` (or CIFAR's `sample_contrast_indices(indices, k, rng)` with
-    `crd_negatives` = k) adds per-batch extras (CRD negatives) in that mode.
+    `batch_extras(indices, rng) -> dict` adds per-batch extras (contrast indices) in that mode.
     """
     device = torch.device(device) if device is not None else default_device(cfg)
     sampler = ResumableSampler(len(dataset), batch_size_per_rank, seed, rank, world_size, shuffle=True,

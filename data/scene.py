@@ -34,6 +34,7 @@ from yacs.config import CfgNode
 from data import DATASETS
 from data.cifar import STREAM_CONTRAST, STREAM_CROP, ContrastSampler
 from data.loader import sample_rng
+from data.requests import NOTHING_EXTRA, BatchRequest
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 
@@ -173,12 +174,12 @@ class SceneList(Dataset):
     """A scene-recognition split read from a DCT list file: DATA.TRAIN for "train", DATA.VAL for "val".
 
     Items: `image` (uint8 HWC in DATA.COLOR order; IMAGE_SIZE square, or RESIZE square for ten-crop
-    evaluation), `label`, `index`, and for training with DATA.CRD_NEGATIVES = K > 0 `contrast_index`
-    (see `data.cifar.ContrastSampler`; DATA.CRD_POOL "dct_first_n" reproduces the DCT scene quirk).
+    evaluation), `label`, `index`, and for training with `request.contrast_negatives` = K > 0 `contrast_index`
+    (see `data.cifar.ContrastSampler`; the pool "dct_first_n" reproduces the DCT scene quirk).
     Random crops and negatives follow the epoch of the loader's `SampleIndex` (or `set_epoch`).
     """
 
-    def __init__(self, cfg: CfgNode, split: str = "train") -> None:
+    def __init__(self, cfg: CfgNode, split: str = "train", request: BatchRequest | None = None) -> None:
         if split not in ("train", "val", "test"):
             raise ConfigError(f"scene split must be 'train' or 'val', got {split!r}")
         self.training = split == "train"
@@ -218,10 +219,11 @@ class SceneList(Dataset):
             raise ConfigError("DATA.TEN_CROP needs DATA.RESIZE >= DATA.IMAGE_SIZE (e.g. 256 and 224)")
         self.seed = int(cfg.EXPERIMENT.SEED)
         self.epoch = 0
-        self.crd_negatives = int(cfg.DATA.CRD_NEGATIVES) if self.training else 0
+        request = request or NOTHING_EXTRA
+        self.contrast_negatives = request.contrast_negatives if self.training else 0
         self.contrast: ContrastSampler | None = None
-        if self.crd_negatives > 0:
-            self.contrast = ContrastSampler(self.labels, self.num_classes, cfg.DATA.CRD_POOL)
+        if self.contrast_negatives > 0:
+            self.contrast = ContrastSampler(self.labels, self.num_classes, request.contrast_pool)
         logger.info("scene %s: %d images, %d classes from %s", split, len(self.labels), self.num_classes, list_path)
 
     def __len__(self) -> int:
@@ -257,11 +259,5 @@ class SceneList(Dataset):
         item: dict[str, Any] = {"image": np.ascontiguousarray(image), "label": int(self.labels[index]), "index": index}
         if self.contrast is not None:
             rng = sample_rng(self.seed, epoch, index, STREAM_CONTRAST)
-            item["contrast_index"] = self.contrast.draw(index, self.crd_negatives, rng)
+            item["contrast_index"] = self.contrast.draw(index, self.contrast_negatives, rng)
         return item
-
-    def sample_contrast_indices(self, indices: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-        """Contrast indices for a whole batch (B x (k + 1))."""
-        if self.contrast is None:
-            self.contrast = ContrastSampler(self.labels, self.num_classes)
-        return self.contrast.draw_batch(indices, k, rng)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from data.lowres import INTERPOLATIONS, degrade_per_sample, draw_sizes
+from data.requests import BatchRequest
 
 _IMAGE_KEYS = ("image", "image_lr", "partner", "partner_lr")
 
@@ -103,17 +104,20 @@ def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class TrainTransform:
-    """Training-time batch transform built from `cfg.DATA`; see the module docstring for the order."""
+    """Training-time batch transform built from `cfg.DATA` and the methods' `BatchRequest` (partner views,
+    the teacher view); see the module docstring for the order."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, request: BatchRequest | None = None) -> None:
         data = cfg.DATA
+        request = request or BatchRequest()
         self.image_size = int(data.IMAGE_SIZE)
         self.mean = [float(v) for v in data.MEAN]
         self.std = [float(v) for v in data.STD]
         self.flip = bool(data.FLIP)
         self.crop_padding = int(data.CROP_PADDING)
         self.random_crop = bool(data.RANDOM_CROP)
-        self.partner_mode = str(data.PARTNER)
+        self.partner_mode = request.partner
+        self.teacher_view_wanted = request.teacher_view
         lowres = data.LOWRES
         self.sizes = [int(s) for s in lowres.SIZES]
         self.hr_prob = float(lowres.HR_PROB)
@@ -172,7 +176,9 @@ class TrainTransform:
         if sizes is not None:
             output["lowres_size"] = sizes
         output["image"] = normalize(student, self.mean, self.std)
-        output["image_teacher"] = output["image"] if teacher is student else normalize(teacher, self.mean, self.std)
+        if self.teacher_view_wanted:
+            output["image_teacher"] = (output["image"] if teacher is student
+                                       else normalize(teacher, self.mean, self.std))
 
         if "partner" in batch:
             partner_hr = self._geometry(batch["partner"], generator)
@@ -184,7 +190,8 @@ class TrainTransform:
             perm = torch.randperm(hr.shape[0], generator=generator, device=_draw_device(generator)).to(hr.device)
             output["partner_perm"] = perm
             output["image_partner"] = output["image"][perm]
-            output["image_partner_teacher"] = output["image_teacher"][perm]
+            if self.teacher_view_wanted:
+                output["image_partner_teacher"] = output["image_teacher"][perm]
             if "index" in batch:
                 output["partner_index"] = batch["index"][perm]
         return output

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,13 +182,9 @@ def _all_reduce(value: torch.Tensor | float, op: dist.ReduceOp, divide: bool) ->
     return float(work.item())
 
 
-def all_reduce_sum(value: torch.Tensor | float) -> torch.Tensor | float:
-    """Sum over ranks; a tensor comes back as a new (detached) tensor, a float as a float."""
-    return _all_reduce(value, dist.ReduceOp.SUM, divide=False)
-
-
 def all_reduce_mean(value: torch.Tensor | float) -> torch.Tensor | float:
-    """Mean over ranks, for logging losses and metrics; same types as `all_reduce_sum`."""
+    """Mean over ranks, for logging losses and metrics; a tensor comes back as a new (detached) tensor,
+    a float as a float."""
     return _all_reduce(value, dist.ReduceOp.SUM, divide=True)
 
 
@@ -218,28 +213,12 @@ def any_rank_flag(flag: bool, device: torch.device | str | None = None) -> bool:
     return bool(tensor.item())
 
 
-def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous share of n items, split as insightface splits classes.
-
-    The first `n % world` ranks get one item more: sizes differ by at most one.
-    """
-    if world <= 0 or not 0 <= rank < world:
-        raise ValueError(f"rank {rank} outside a world of {world}")
-    base, extra = divmod(n, world)
-    start = base * rank + min(rank, extra)
-    return start, start + base + int(rank < extra)
-
-
 def ddp_ignored_names(module: nn.Module) -> list[str]:
-    """Names of parameters and buffers DDP must leave alone: those under the frozen teacher and under
-    any submodule declaring `ddp_ignore = True` (state that differs per rank on purpose)."""
-    # A FrozenTeacher can only exist once kd.base is imported; looking it up instead of importing
-    # keeps this module free of the whole distiller registry.
-    frozen_teacher = getattr(sys.modules.get("kd.base"), "FrozenTeacher", None)
+    """Names of parameters and buffers DDP must leave alone: those under any submodule declaring
+    `ddp_ignore = True` (the frozen teacher; state that differs per rank on purpose)."""
     names: list[str] = []
     for prefix, sub in module.named_modules():
-        is_teacher = frozen_teacher is not None and isinstance(sub, frozen_teacher)
-        if is_teacher or getattr(sub, "ddp_ignore", False):
+        if getattr(sub, "ddp_ignore", False):
             head = f"{prefix}." if prefix else ""
             names.extend(head + name for name, _ in sub.named_parameters())
             names.extend(head + name for name, _ in sub.named_buffers())
@@ -250,8 +229,8 @@ def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = Fal
              broadcast_buffers: bool = True) -> nn.Module:
     """`module` in DistributedDataParallel when world_size > 1, otherwise unchanged.
 
-    The teacher is never put in DDP: a `FrozenTeacher` inside `module` (and any submodule with
-    `ddp_ignore = True`) is excluded from DDP's initial broadcast, buffer broadcast and gradient
+    The teacher is never put in DDP: every submodule with `ddp_ignore = True` (the frozen teacher
+    declares it) is excluded from DDP's initial broadcast, buffer broadcast and gradient
     averaging. `module` must already be on `env.device`. Note that DDP averages gradients, so a
     loss must be this rank's mean over its own batch (Partial FC accounts for this itself).
     """
@@ -264,11 +243,6 @@ def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = Fal
     return DistributedDataParallel(module, device_ids=device_ids, output_device=env.device if device_ids else None,
                                    find_unused_parameters=find_unused_parameters,
                                    broadcast_buffers=broadcast_buffers)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (for checkpoints and evaluation)."""
-    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 def convert_sync_bn(module: nn.Module) -> nn.Module:
@@ -288,6 +262,5 @@ def convert_sync_bn(module: nn.Module) -> nn.Module:
 
 __all__ = [
     "DistEnv", "init_distributed", "cleanup", "get_rank", "get_world_size", "is_main", "barrier",
-    "all_reduce_sum", "all_reduce_mean", "broadcast_object", "any_rank_flag", "shard_range",
-    "ddp_ignored_names", "wrap_ddp", "unwrap", "convert_sync_bn",
+    "all_reduce_mean", "broadcast_object", "any_rank_flag", "ddp_ignored_names", "wrap_ddp", "convert_sync_bn",
 ]

@@ -15,8 +15,8 @@ count, labels), the pre-processing keys and the teacher's config. Any difference
 are written under temporary names and renamed, and the manifest is written last, so an interrupted
 build never leaves a cache that looks valid.
 
-Only methods that read nothing but the teacher's `out` / logits may use it (kd, rkd on `out`,
-adadistill); every other method, and every augmentation that changes the teacher view beyond a flip,
+Only methods that declare `cacheable_teacher` (they read nothing but the teacher's `out` / logits)
+may use it; every other method, and every augmentation that changes the teacher view beyond a flip,
 is refused with a ConfigError.
 """
 
@@ -34,8 +34,10 @@ import torch
 from numpy.lib.format import open_memmap
 from torch import Tensor
 
+from data.requests import BatchRequest
 from data.transforms import TrainTransform
 from engine import distributed as dist
+from kd import batch_request, teacher_cache_refusal
 from kd.base import Distiller
 from models.features import Features
 from utility.config import resolve_data_path
@@ -43,31 +45,25 @@ from utility.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: methods whose loss reads only the teacher's `out` and/or class logits
-CACHEABLE_METHODS = ("kd", "rkd", "adadistill")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-def check_cacheable(cfg: Any) -> None:
-    """Raise ConfigError unless DATA.TEACHER_CACHE can reproduce the live teacher for this config."""
-    names = [n.strip() for n in str(cfg.DISTILL.TYPE).split("+") if n.strip()]
-    for name in names:
-        if name not in CACHEABLE_METHODS:
-            raise ConfigError(
-                f"DATA.TEACHER_CACHE stores only the teacher's output and logits, and DISTILL.TYPE '{name}' "
-                f"needs more (or no teacher); use it with {', '.join(CACHEABLE_METHODS)} or set DATA.TEACHER_CACHE ''"
-            )
-        if name == "rkd" and str(cfg.DISTILL.RKD.FEATURE) != "out":
-            raise ConfigError("DATA.TEACHER_CACHE stores the teacher's 'out' only: set DISTILL.RKD.FEATURE 'out' "
-                              "or DATA.TEACHER_CACHE ''")
+def check_cacheable(cfg: Any, request: BatchRequest | None = None) -> None:
+    """Raise ConfigError unless DATA.TEACHER_CACHE can reproduce the live teacher for this config: every
+    method must declare its teacher cacheable, and the teacher view may vary only by a flip."""
+    refusal = teacher_cache_refusal(cfg)
+    if refusal:
+        raise ConfigError(f"DATA.TEACHER_CACHE stores only the teacher's output and logits; {refusal}. "
+                          "Set DATA.TEACHER_CACHE ''")
+    request = request or batch_request(cfg)
     data = cfg.DATA
     reasons = []
     if int(data.CROP_PADDING) > 0:
         reasons.append("DATA.CROP_PADDING > 0 (random crops)")
     if bool(data.RANDOM_CROP):
         reasons.append("DATA.RANDOM_CROP (random crops)")
-    if str(data.PARTNER):
+    if request.partner:
         reasons.append("DATA.PARTNER (partner views)")
     if reasons:
         raise ConfigError(f"DATA.TEACHER_CACHE needs a teacher view that only varies by a flip, but {reasons[0]} "

@@ -39,7 +39,7 @@ from engine.pretrained import load_pretrained_backbone
 from engine.results import write_results
 from engine.run_info import write_run_files
 from engine.teacher_cache import prepare_teacher_cache
-from kd import build_distiller
+from kd import batch_request, build_distiller, fill_data_keys, uses_teacher
 from kd.base import Distiller
 from models import build_network
 from models.network import Network
@@ -55,9 +55,14 @@ class Plan:
     """Lengths derived from the config and the data."""
 
     iters_per_epoch: int
-    total_iters: int
+    total_iters: int  # the whole run: the init stage (if any), then the main stage
     global_batch: int
     batch_per_rank: int
+    init_iters: int = 0  # iterations of the method's init stage, before the main stage
+
+    @property
+    def main_iters(self) -> int:
+        return self.total_iters - self.init_iters
 
 
 def _precision_dtype(cfg: Any, device: torch.device) -> torch.dtype | None:
@@ -103,25 +108,6 @@ def build_networks(cfg: Any, role: str, num_classes: int, uses_teacher: bool,
     return trained, teacher
 
 
-def _method_uses_teacher(cfg: Any) -> bool:
-    from kd import DISTILLERS
-
-    return any(DISTILLERS.get(n.strip()).uses_teacher for n in cfg.DISTILL.TYPE.split("+") if n.strip())
-
-
-def _fill_data_dependent_keys(cfg: Any, dataset: Any) -> Any:
-    """Keys whose value comes from the data (CRD's memory size and negatives)."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    if "crd" in cfg.DISTILL.TYPE.split("+"):
-        if "N_DATA" in cfg.DISTILL.CRD and cfg.DISTILL.CRD.N_DATA <= 0:
-            cfg.DISTILL.CRD.N_DATA = len(dataset)
-        if cfg.DATA.CRD_NEGATIVES <= 0:
-            cfg.DATA.CRD_NEGATIVES = cfg.DISTILL.CRD.NCE_K
-    cfg.freeze()
-    return cfg
-
-
 class Trainer:
     """Builds data, networks, distiller and optimiser from a config, then trains."""
 
@@ -141,9 +127,10 @@ class Trainer:
         self.output_dir = Path(cfg.EXPERIMENT.OUTPUT_DIR)
         seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
 
-        self.dataset = build_dataset(cfg, split="train")
+        self.request = batch_request(cfg)  # what the methods' batches carry beyond image/label/index
+        self.dataset = build_dataset(cfg, split="train", request=self.request)
         # SOLVER.FAST_PATH resolved into COMPILE / CHANNELS_LAST / FUSED once, for all code below
-        self.cfg = cfg = apply_fast_path(_fill_data_dependent_keys(cfg, self.dataset), self.device)
+        self.cfg = cfg = apply_fast_path(fill_data_keys(cfg, self.dataset), self.device)
         self.num_classes = int(cfg.DATA.NUM_CLASSES or self.dataset.num_classes)
         self.plan = self._plan(len(self.dataset))
         self.loader = build_train_loader(cfg, self.dataset, self.plan.batch_per_rank, cfg.EXPERIMENT.SEED,
@@ -151,9 +138,9 @@ class Trainer:
                                          device=self.device)  # this rank's device, not DEVICE's
         self.plan.iters_per_epoch = self.loader.batches_per_epoch
         self.plan.total_iters = self._total_iters(self.loader.batches_per_epoch)
-        self.transform = TrainTransform(cfg)
+        self.transform = TrainTransform(cfg, self.request)
 
-        student, teacher = build_networks(cfg, role, self.num_classes, _method_uses_teacher(cfg), self.env)
+        student, teacher = build_networks(cfg, role, self.num_classes, uses_teacher(cfg), self.env)
         self.distiller: Distiller = build_distiller(cfg, student, teacher, self.num_classes).to(self.device)
         if cfg.DATA.TEACHER_CACHE and role == "student":  # precomputed teacher outputs replace its forward
             self.distiller.teacher_cache = prepare_teacher_cache(cfg, self.dataset, self.distiller, self.transform,
@@ -167,8 +154,9 @@ class Trainer:
         self.model = self._wrap_ddp(self.distiller)
 
         self.base_lr = scaled_lr(cfg, self.plan.global_batch)
+        self.init_optimizer = self._init_stage_optimizer() if role == "student" else None
         self.optimizer = build_optimizer(cfg, self.distiller.trainable_parameters(), self.base_lr, self.device)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.plan.total_iters, self.plan.iters_per_epoch,
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.plan.main_iters, self.plan.iters_per_epoch,
                                          self.base_lr)
         self.autocast_dtype = _precision_dtype(cfg, self.device)
         # reading a loss on the host waits for the device: on CUDA only every LOG.PERIOD (and at
@@ -192,6 +180,17 @@ class Trainer:
                 f"({batch // world}); lower SOLVER.BATCH_SIZE"
             )
         return Plan(iters_per_epoch=0, total_iters=0, global_batch=batch, batch_per_rank=batch // world)
+
+    def _init_stage_optimizer(self) -> torch.optim.Optimizer | None:
+        """SGD of the method's init stage (constant lr; SOLVER momentum and weight decay), and its
+        length added in front of the main stage; None when the method has no init stage."""
+        stage = self.distiller.init_stage()
+        if stage is None:
+            return None
+        self.plan.init_iters = int(round(stage.epochs * self.plan.iters_per_epoch))
+        self.plan.total_iters += self.plan.init_iters
+        return torch.optim.SGD(stage.parameters, lr=stage.lr, momentum=self.cfg.SOLVER.MOMENTUM,
+                               weight_decay=self.cfg.SOLVER.WEIGHT_DECAY)
 
     def _total_iters(self, iters_per_epoch: int) -> int:
         if self.cfg.SOLVER.MAX_ITERS > 0:
@@ -274,6 +273,7 @@ class Trainer:
         return {
             "model": self.model_state(),
             "optimizer": self.optimizer_state(),
+            **({"init_optimizer": self.init_optimizer.state_dict()} if self.init_optimizer is not None else {}),
             "scheduler": self.scheduler.state_dict(),
             "iteration": self.iteration,
             "rng": own_rng,
@@ -300,6 +300,8 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         self.load_model_state(state["model"], str(path))
         self.load_optimizer_state(state["optimizer"])
+        if self.init_optimizer is not None and "init_optimizer" in state:
+            self.init_optimizer.load_state_dict(state["init_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
         self.best.update(state.get("best", {}))
@@ -367,6 +369,9 @@ class Trainer:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(worker_seed(self.cfg.EXPERIMENT.SEED, self.iteration, self.env.rank))
         batch = self.transform(batch, generator)
+        in_init_stage = self.iteration < self.plan.init_iters
+        batch["init_stage"] = in_init_stage  # the distiller returns its init-stage losses then
+        batch["epoch"] = max(self.iteration - self.plan.init_iters, 0) // self.plan.iters_per_epoch + 1
         # One explicit layout for every view: the uint8 NHWC -> NCHW permute leaves channels-last strides,
         # which would otherwise run the networks (and copy every weight gradient) in that layout unasked.
         memory_format = torch.channels_last if self.cfg.SOLVER.CHANNELS_LAST else torch.contiguous_format
@@ -376,12 +381,15 @@ class Trainer:
         with self._autocast():
             _, losses = self.model(batch)
         total = sum(value.float() for value in losses.values())
+        optimizer = self.init_optimizer if in_init_stage else self.optimizer
         self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.cfg.SOLVER.GRAD_CLIP > 0:
             nn.utils.clip_grad_norm_(self._clipped_parameters(), self.cfg.SOLVER.GRAD_CLIP)
-        self.optimizer.step()
-        self.scheduler.step()
+        optimizer.step()
+        if not in_init_stage:
+            self.scheduler.step()
         return total.detach(), {k: v.detach() for k, v in losses.items()}
 
     def _check_finite(self, flag: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:

@@ -73,6 +73,12 @@ class AttentionSimilarityKD(Distiller):
     has no hint layers (spec face.md §9 #21) and starts from scratch.
     """
 
+    defaults = {
+        "WEIGHT": (5.0, "lambda (A-SKD 5.0 with sum; F-SKD baseline 80 with mean)"),
+        "REDUCTION": ("sum", "'sum' over maps (A-SKD) or 'mean' (F-SKD re-implementation)", ("sum", "mean")),
+        "MAPS": ("logits", "'logits' (pre-sigmoid, A-SKD) or 'gates' (post-sigmoid, F-SKD)", ("logits", "gates")),
+    }
+
     uses_teacher_logits = False  # reads teacher features only
 
     def setup(self, cfg: Any, probe: Probe) -> None:

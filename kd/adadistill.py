@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd import DISTILLERS
-from kd.base import Distiller, Probe, Step
+from kd.base import Distiller, Probe, Step, method_names
 from utility.errors import ConfigError
 
 MARGINS = ("arcface", "cosface")
@@ -131,6 +131,14 @@ def _require_headless_student(cfg: Any, name: str) -> None:
 class AdaDistill(Distiller):
     """The student's loss is AdaDistillLoss (margin, s, m, weighted alpha from DISTILL.ADADISTILL)."""
 
+    defaults = {
+        "MARGIN": ("arcface", "margin inside the centre head: arcface | cosface", ("arcface", "cosface")),
+        "S": (64.0, "scale (also arcdistill / cosdistill)"),
+        "M": (0.45, "margin (also arcdistill / cosdistill)"),
+        "WEIGHTED_ALPHA": (True, "alpha' = alpha * cos(centre, teacher)"),
+    }
+    cacheable_teacher = True  # reads only the teacher's embedding
+
     uses_teacher_logits = False  # reads teacher features only
 
     def setup(self, cfg: Any, probe: Probe) -> None:
@@ -157,9 +165,12 @@ class _AMLDistill(Distiller):
     """Margin softmax of the student against the teacher's frozen class centres (poster Eq. 4)."""
 
     margin = "arcface"
+    config_node = "ADADISTILL"  # shares AdaDistill's S and M
+    runs_teacher = False  # the reference builds the teacher backbone but never runs it
+    uses_teacher_logits = False
 
     def setup(self, cfg: Any, probe: Probe) -> None:
-        name = str(cfg.DISTILL.TYPE).split("+")[0].strip()
+        name = method_names(cfg)[0]
         _require_headless_student(cfg, name)
         head = self.teacher.network.head if self.teacher is not None else None
         if head is None or getattr(head, "weight", None) is None:
@@ -172,11 +183,6 @@ class _AMLDistill(Distiller):
                               f"embedding {probe.student.out.shape[1]}-d")
         self.s = float(cfg.DISTILL.ADADISTILL.S)
         self.m = float(cfg.DISTILL.ADADISTILL.M)
-
-    def student_step(self, batch: dict[str, Any]) -> Step:
-        """Student only: the reference builds the teacher backbone but never runs it."""
-        features = self.student.forward_features(batch["image"])
-        return Step(batch=batch, student=features, logits_s=features.out)
 
     def classification_losses(self, step: Step) -> dict[str, Tensor]:
         with torch.autocast(step.student.out.device.type, enabled=False):  # fp32, as the reference

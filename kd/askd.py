@@ -95,6 +95,13 @@ def askd_loss(feat_s: Tensor, feat_t: Tensor, logits_s: Tensor, logits_t: Tensor
 class AttributeStructureDistillation(Distiller):
     """`askd_loss` on the last stage (position "res_last") times DISTILL.ASKD.WEIGHT; owns the connector."""
 
+    defaults = {
+        "WEIGHT": (1.0, "beta on w_rs*RS + w_cs*CS (every released config: 1)"),
+        "R": (2, "region side for the regional similarity"),
+        "W_RS": (5.0, "regional-similarity weight"),
+        "W_CS": (14.0, "class-similarity weight"),
+    }
+
     def setup(self, cfg: Any, probe: Probe) -> None:
         node = cfg.DISTILL.ASKD
         if probe.teacher is None or not probe.teacher.stages or not probe.student.stages:

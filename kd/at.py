@@ -74,6 +74,12 @@ def select_stage_pairs(stages: list[int], num_student: int, num_teacher: int) ->
 class AttentionTransfer(Distiller):
     """Sum of `at_loss` over the chosen stage pairs, times DISTILL.AT.WEIGHT; no trainable extras."""
 
+    defaults = {
+        "WEIGHT": (1000.0, "beta (RepDistiller 1000)"),
+        "P": (2, "power of the activation map"),
+        "STAGES": ([], "stage indices to distil (Features.stages); [] = all, paired from the first"),
+    }
+
     uses_teacher_logits = False  # reads teacher features only
 
     def setup(self, cfg: Any, probe: Probe) -> None:

@@ -11,8 +11,9 @@ momentum and are renormalised.
 
 Needs from the data: `index` (dataset index of every sample) and `contrast_index` (B x (K+1)
 int64; column 0 the positive, columns 1..K negatives drawn from other classes), which the
-datasets return when DATA.CRD_NEGATIVES = DISTILL.CRD.NCE_K. DISTILL.CRD.N_DATA is the training
-set size (50000 for CIFAR-100); the engine fills it from the dataset when it is 0.
+datasets return because the distiller's `batch_request` asks for DISTILL.CRD.NCE_K negatives drawn
+by DISTILL.CRD.POOL. DISTILL.CRD.N_DATA is the training set size (50000 for CIFAR-100), filled
+from the training set when it is 0 (`data_keys`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from data.requests import BatchRequest
 from kd import DISTILLERS
 from kd.base import Distiller, Probe, Step
 from utility.errors import CheckpointError, ConfigError
@@ -144,6 +146,29 @@ def crd_state_from_repdistiller(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 class ContrastiveRepresentationDistillation(Distiller):
     """`CRDLoss` on the pooled vectors, times DISTILL.CRD.WEIGHT; embeddings and banks train/live here."""
 
+    defaults = {
+        "WEIGHT": (0.8, "beta (RepDistiller 0.8)"),
+        "FEAT_DIM": (128, "embedding size of both heads"),
+        "NCE_K": (16384, "negatives per sample (the dataset draws this many per sample)"),
+        "NCE_T": (0.07, "temperature"),
+        "NCE_M": (0.5, "memory-bank momentum"),
+        "N_DATA": (0, "memory-bank rows = training-set size; 0 = filled from the training set"),
+        "POOL": ("class", "negatives from every other-class sample, or 'dct_first_n' (DCT scene quirk)",
+                 ("class", "dct_first_n")),
+    }
+    renamed_keys = {"DATA.CRD_NEGATIVES": "NCE_K", "DATA.CRD_POOL": "POOL"}
+
+    @classmethod
+    def batch_request(cls, cfg: Any) -> BatchRequest:
+        node = cfg.DISTILL.CRD
+        if int(node.NCE_K) <= 0:
+            raise ConfigError(f"DISTILL.CRD.NCE_K must be a positive number of negatives, got {node.NCE_K}")
+        return BatchRequest(contrast_negatives=int(node.NCE_K), contrast_pool=str(node.POOL))
+
+    @classmethod
+    def data_keys(cls, cfg: Any, dataset: Any) -> dict[str, Any]:
+        return {"N_DATA": len(dataset)} if int(cfg.DISTILL.CRD.N_DATA) <= 0 else {}
+
     uses_teacher_logits = False  # reads teacher features only
 
     def setup(self, cfg: Any, probe: Probe) -> None:
@@ -151,11 +176,8 @@ class ContrastiveRepresentationDistillation(Distiller):
         if probe.teacher is None or probe.teacher.pooled is None or probe.student.pooled is None:
             raise ConfigError("DISTILL.TYPE 'crd' needs pooled vectors from both student and teacher")
         if int(node.N_DATA) <= 0:
-            raise ConfigError("DISTILL.CRD.N_DATA is 0: set it to the training-set size (the engine "
-                              "fills it from the dataset before building the distiller)")
-        if int(cfg.DATA.CRD_NEGATIVES) != int(node.NCE_K):
-            raise ConfigError(f"DISTILL.TYPE 'crd' needs DATA.CRD_NEGATIVES = DISTILL.CRD.NCE_K "
-                              f"({node.NCE_K}), got {cfg.DATA.CRD_NEGATIVES}")
+            raise ConfigError("DISTILL.CRD.N_DATA is 0: set it to the training-set size (training fills it "
+                              "from the training set before building the distiller)")
         s_dim = probe.student.pooled.flatten(1).shape[1]
         t_dim = probe.teacher.pooled.flatten(1).shape[1]
         self.weight = float(node.WEIGHT)
@@ -166,8 +188,8 @@ class ContrastiveRepresentationDistillation(Distiller):
 
     def distill_losses(self, step: Step) -> dict[str, Tensor]:
         if "contrast_index" not in step.batch:
-            raise ConfigError("DISTILL.TYPE 'crd': the batch has no 'contrast_index'; set DATA.CRD_NEGATIVES "
-                              "to DISTILL.CRD.NCE_K so the dataset draws negatives")
+            raise ConfigError("DISTILL.TYPE 'crd': the batch has no 'contrast_index'; build the training set "
+                              "with kd.batch_request(cfg) so it draws DISTILL.CRD.NCE_K negatives")
         loss = self.crd(step.student.pooled, step.teacher.pooled, step.batch["index"],
                         step.batch["contrast_index"])
         return {"crd": self.weight * loss}

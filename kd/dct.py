@@ -109,6 +109,15 @@ def dct_attention_loss(feats_s: list[Tensor], feats_t: list[Tensor], teacher_cor
 class DCTAttentionDistillation(Distiller):
     """`dct_attention_loss` over every stage, times DISTILL.DCT.WEIGHT (the reference's ALPHA, 1)."""
 
+    defaults = {
+        "WEIGHT": (1.0, "weight of the DCT-attention term"),
+        "TRANSFORM": ("dft_real", "'dft_real' (what the reference computes) or 'dct2' (extension)",
+                      ("dft_real", "dct2")),
+        "TEACHER_CORRECT": (True, "PRED_GUIDE (reference default on): zero the term where the teacher is wrong"),
+        "EPS": (0.0, "added to the min-max denominators; 0 = as the reference (a constant map gives NaN)"),
+        "ALIGN": (False, "extension: pool the larger map of a stage pair to the smaller (cross-arch CIFAR)"),
+    }
+
     def setup(self, cfg: Any, probe: Probe) -> None:
         node = cfg.DISTILL.DCT
         if probe.teacher is None:

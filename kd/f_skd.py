@@ -15,7 +15,8 @@ Partners for the cross term (DATA.PARTNER):
 - "shuffle": an in-batch permutation (`batch["partner_perm"]`, else drawn here): X+ = X[perm], no
   extra forward pass; self-pairs and cross-identity pairs are possible (reproduced, §9 #22);
 - "table": a same-identity partner per sample, precomputed with the HR teacher by
-  `python -m kd.f_skd partners --config FILE` (§3.4; the paper recipe, margin 0.0); the partner views
+  `python -m engine.partners --config FILE` (§3.4; the paper recipe, margin 0.0; `select_partners`
+  below is the selection rule); the partner views
   `image_partner` / `image_partner_teacher` run through the student and the teacher as second forward
   passes. Samples without a partner (stored as their own index in the table, or `partner_valid`
   false) are dropped from the cross term only, as the reference's `correct_index` does.
@@ -28,11 +29,7 @@ DISTILL.F_SKD.LOGIT_TEACHER_HEAD true uses the teacher's own head instead.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import logging
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,14 +37,13 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from data.requests import BatchRequest
 from kd import DISTILLERS
 from kd.a_skd import cosine_distance
 from kd.base import Distiller, Probe, Step
 from kd.kd import kd_loss
 from models.features import Features
-from utility.errors import ConfigError, DistilleryError
-
-log = logging.getLogger(__name__)
+from utility.errors import ConfigError
 
 #: heads whose teacher logits come from the student's own head (quirk #16)
 _SELF_HEAD_MARGINS = ("adaface", "magface")
@@ -137,7 +133,7 @@ def select_partners(embeddings: np.ndarray, labels: np.ndarray, margin: float = 
 
 def _partner_mask(batch: dict[str, Any], size: int, device: torch.device) -> Tensor | None:
     """Which samples have a partner (None = all): `partner_valid` when the batch has it, else the
-    samples whose table partner is not themselves (`write_partner_table` stores "no partner" as the
+    samples whose table partner is not themselves (`engine.partners.write_partner_table` stores "no partner" as the
     sample's own index, which the selection rule never picks for margins >= 0)."""
     if "partner_valid" in batch:
         return batch["partner_valid"].to(device=device, dtype=torch.bool).reshape(size)
@@ -149,6 +145,24 @@ def _partner_mask(batch: dict[str, Any], size: int, device: torch.device) -> Ten
 @DISTILLERS.register("f_skd")
 class FeatureSimilarityKD(Distiller):
     """Student margin CE + point term + cross-sample term (+ optional logit term); see module docstring."""
+
+    defaults = {
+        "POINT_WEIGHT": (20.0, "weight of the point (feature-similarity) term"),
+        "CROSS_WEIGHT": (4.0, "weight of the cross-sample relational term (needs DATA.PARTNER); 0 = off"),
+        "LOGIT_WEIGHT": (0.0, "weight of the optional logit (HKD) term; 0 = off"),
+        "LOGIT_TEMPERATURE": (4.0, "temperature of the logit term"),
+        "LOGIT_TEACHER_HEAD": (False, "teacher logits from its own head (False: student margin with teacher "
+                                      "weights, quirk #16)"),
+        "REQUIRE_HINTS": (True, "the student must have hint layers (False: FSKD-v1, raw stages)"),
+        "PARTNER_MARGIN": (0.0, "partner table: same-identity samples with teacher cosine > this (< -2: any sample)"),
+    }
+    uses_teacher_logits = False  # its logit term builds its own teacher logits (teacher_pass)
+
+    @classmethod
+    def batch_request(cls, cfg: Any) -> BatchRequest:
+        """Partner views (DATA.PARTNER) when the cross-sample term is on."""
+        partner = str(cfg.DATA.PARTNER) if float(cfg.DISTILL.F_SKD.CROSS_WEIGHT) > 0 else ""
+        return BatchRequest(partner=partner)
 
     def setup(self, cfg: Any, probe: Probe) -> None:
         node = cfg.DISTILL.F_SKD
@@ -181,42 +195,38 @@ class FeatureSimilarityKD(Distiller):
         if self.cross_weight > 0 and self.partner_mode not in ("shuffle", "table"):
             raise ConfigError(
                 "DISTILL.F_SKD.CROSS_WEIGHT > 0 needs partner views: set DATA.PARTNER to 'shuffle' (in-batch) "
-                "or 'table' (same identity, from `python -m kd.f_skd partners`), or CROSS_WEIGHT 0"
+                "or 'table' (same identity, from `python -m engine.partners`), or CROSS_WEIGHT 0"
             )
         if self.logit_weight > 0 and (not self.student_margin or cfg.SOLVER.PARTIAL_FC):
             raise ConfigError("DISTILL.F_SKD.LOGIT_WEIGHT > 0 distils full margin-head logits: set STUDENT.HEAD "
                               "and leave SOLVER.PARTIAL_FC off")
 
     # -- forward passes -------------------------------------------------------------------------
-    def student_step(self, batch: dict[str, Any]) -> Step:
-        """Teacher (anchor, partner), then student (anchor, partner), each a separate forward so every
-        batch-norm sees the same batches as in the reference; teacher logits for the logit term are
-        taken before the student head runs (AdaFace's batch statistics end with the student's). The
-        teacher's own head runs only when LOGIT_TEACHER_HEAD or a companion method needs its logits
-        (the reference never calls it; an AdaFace head would overwrite its batch statistics)."""
-        labels = batch.get("label")
-        extra: dict[str, Any] = {}
-        teacher = self._teacher_features(batch.get("image_teacher", batch["image"]))
-        two_views = self.cross_weight > 0 and self.partner_mode == "table"
-        if two_views:
-            extra["partner_teacher"] = self._teacher_features(batch["image_partner_teacher"])
+    def teacher_pass(self, step: Step) -> None:
+        """Teacher anchor, then (table partners) the teacher's partner view and (logit term) its logits,
+        all before the student runs, each a separate forward so every batch-norm sees the same batches
+        as in the reference; teacher logits for the logit term are taken before the student head runs
+        (AdaFace's batch statistics end with the student's). The teacher's own head runs only when a
+        companion method needs its logits (the reference never calls it; an AdaFace head would
+        overwrite its batch statistics)."""
+        batch, labels = step.batch, step.batch.get("label")
+        step.teacher = self._teacher_features(batch.get("image_teacher", batch["image"]))
+        if self._two_views:
+            step.extra["partner_teacher"] = self._teacher_features(batch["image_partner_teacher"])
         if self.logit_weight > 0:
-            extra["logits_t_distill"] = self._teacher_margin_logits(teacher.out, labels)
-        logits_t = None
-        if len(self.companions) and self.teacher.network.head is not None:  # e.g. "f_skd+kd" reads them
+            step.extra["logits_t_distill"] = self._teacher_margin_logits(step.teacher.out, labels)
+        if self.teacher_logits_needed and self.teacher.network.head is not None:  # e.g. "f_skd+kd"
             with torch.no_grad():
-                logits_t = self.teacher.network.head(teacher.out, labels)
-        student = self.student.forward_features(batch["image"])
-        if two_views:
-            extra["partner_student"] = self.student.forward_features(batch["image_partner"])
-        head = self.student.head
-        if getattr(head, "computes_loss", False):  # Partial FC: the head returns its loss, no logits
-            logits_s = None
-            extra["head_loss"] = head(student.out, labels)
-        else:
-            logits_s = self.student.logits(student.out, labels)
-        return Step(batch=batch, student=student, logits_s=logits_s, teacher=teacher, logits_t=logits_t,
-                    extra=extra)
+                step.logits_t = self.teacher.network.head(step.teacher.out, labels)
+
+    def student_extras(self, step: Step) -> None:
+        """The student's partner view (table partners), after its anchor pass."""
+        if self._two_views:
+            step.extra["partner_student"] = self.student.forward_features(step.batch["image_partner"])
+
+    @property
+    def _two_views(self) -> bool:
+        return self.cross_weight > 0 and self.partner_mode == "table"
 
     @torch.no_grad()
     def _teacher_features(self, images: Tensor) -> Features:
@@ -264,110 +274,3 @@ class FeatureSimilarityKD(Distiller):
         pos_t = step.extra["partner_teacher"].stages[-1]
         keep = _partner_mask(step.batch, size, last_s.device)  # no partner in the batch: the term is 0
         return cross_sample_loss(last_s, pos_s, last_t, pos_t, keep=keep)
-
-
-# -- `python -m kd.f_skd partners`: the same-identity partner table --------------------------------
-def default_table_path(cfg: Any) -> Path:
-    """Where the partner table goes: DATA.PARTNER_TABLE (resolved like every data path), else beside
-    the teacher checkpoint as `partners_m<margin>.npy` (the reference's `cross_dict_<data>.pkl` spot)."""
-    from utility.config import resolve_data_path
-
-    if cfg.DATA.PARTNER_TABLE:
-        return resolve_data_path(cfg, cfg.DATA.PARTNER_TABLE)
-    margin = float(cfg.DISTILL.F_SKD.PARTNER_MARGIN)
-    return Path(cfg.TEACHER.CHECKPOINT).expanduser().parent / f"partners_m{margin:.1f}.npy"
-
-
-class _StackImages:
-    """DataLoader collate: the uint8 images of a list of indices, stacked N x H x W x 3."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __call__(self, indices: list[int]) -> np.ndarray:
-        return np.stack([self.dataset[i]["image"] for i in indices])
-
-
-@torch.no_grad()
-def teacher_embeddings(network: torch.nn.Module, dataset: Any, cfg: Any, device: torch.device) -> np.ndarray:
-    """HR teacher embeddings of every training sample, in dataset order, with the training flip
-    active (as the reference's `train_embed.py`, quirk #23) but seeded by EXPERIMENT.SEED."""
-    network.eval().to(device)
-    generator = torch.Generator().manual_seed(int(cfg.EXPERIMENT.SEED))
-    mean = torch.tensor(cfg.DATA.MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.DATA.STD, device=device).view(1, 3, 1, 1)
-    loader = torch.utils.data.DataLoader(
-        range(len(dataset)), batch_size=int(cfg.EVAL.BATCH_SIZE), shuffle=False,
-        num_workers=int(cfg.DATA.WORKERS), collate_fn=_StackImages(dataset),
-    )
-    chunks = []
-    for images in loader:
-        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-        if cfg.DATA.FLIP:
-            flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(device)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-        chunks.append(network((x - mean) / std).float().cpu())
-    return torch.cat(chunks).numpy()
-
-
-def write_partner_table(cfg: Any, output: Path | None = None) -> Path:
-    """Load the teacher (TEACHER.CHECKPOINT), embed the training set, select and save the partners.
-
-    The file is a 1-D int64 `.npy` with one partner index per training sample. The data reader
-    accepts only valid indices, so a sample without a partner stores its own index; the distiller
-    drops such samples from the cross term (the reference's `correct_index = 0`).
-    """
-    from data.loader import build_dataset
-    from engine.checkpoint import load_network_weights
-    from models import build_network
-
-    if not cfg.TEACHER.BACKBONE or not cfg.TEACHER.CHECKPOINT:
-        raise ConfigError("partners: set TEACHER.BACKBONE and TEACHER.CHECKPOINT (the trained HR teacher)")
-    plain = cfg.clone()  # the HR images alone: no partner table (it is being written), no LR view
-    plain.defrost()
-    plain.DATA.PARTNER = ""
-    plain.DATA.LOWRES.SIZES = []
-    plain.freeze()
-    dataset = build_dataset(plain, split="train")
-    labels = np.asarray(dataset.labels, dtype=np.int64)
-    network = build_network(cfg.TEACHER, int(cfg.DATA.NUM_CLASSES or dataset.num_classes))
-    load_network_weights(network, cfg.TEACHER.CHECKPOINT, cfg.TEACHER.CHECKPOINT_SOURCE)
-    device_name = cfg.EXPERIMENT.DEVICE
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    embeddings = teacher_embeddings(network, dataset, cfg, torch.device(device_name))
-    partners = select_partners(embeddings, labels, float(cfg.DISTILL.F_SKD.PARTNER_MARGIN),
-                               seed=int(cfg.EXPERIMENT.SEED))
-    missing = int((partners < 0).sum())
-    partners = np.where(partners < 0, np.arange(len(partners)), partners)  # "no partner" = itself
-    path = output or default_table_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, partners)
-    log.info("partner table: %d samples, %d without a partner -> %s", len(partners), missing, path)
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kd.f_skd", description="F-SKD utilities")
-    commands = parser.add_subparsers(dest="command", required=True)
-    partners = commands.add_parser("partners", help="write the same-identity partner table with the HR teacher")
-    partners.add_argument("--config", required=True, help="the F-SKD student config (its TEACHER and DATA)")
-    partners.add_argument("--output", default=None, help="table path (default: DATA.PARTNER_TABLE or beside "
-                                                         "the teacher checkpoint)")
-    partners.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from utility.config import load_config
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-        path = write_partner_table(cfg, Path(args.output) if args.output else None)
-    except DistilleryError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

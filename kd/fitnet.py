@@ -32,6 +32,10 @@ def hint_mse_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
 class FitNet(Distiller):
     """Student margin CE + WEIGHT x hint_mse_loss(hinted student stages, teacher stages)."""
 
+    defaults = {
+        "WEIGHT": (1.5, "weight of the hint MSE (F-SKD table)"),
+    }
+
     uses_teacher_logits = False  # reads teacher features only
 
     def setup(self, cfg: Any, probe: Probe) -> None:

@@ -32,6 +32,12 @@ def kd_loss(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
 class KnowledgeDistillation(Distiller):
     """Hinton KD on the student's and teacher's class logits."""
 
+    defaults = {
+        "TEMPERATURE": (4.0, "softmax temperature T (loss scaled by T^2)"),
+        "WEIGHT": (1.0, "weight of the KL term"),
+    }
+    cacheable_teacher = True  # reads only the teacher's logits
+
     def setup(self, cfg, probe) -> None:
         self.temperature = float(cfg.DISTILL.KD.TEMPERATURE)
         self.weight = float(cfg.DISTILL.KD.WEIGHT)

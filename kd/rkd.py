@@ -61,7 +61,22 @@ def rkd_loss(emb_s: Tensor, emb_t: Tensor, w_dist: float = 25.0, w_angle: float 
 class RelationalKD(Distiller):
     """WEIGHT x rkd_loss(student vector, teacher vector, W_DIST, W_ANGLE)."""
 
+    defaults = {
+        "WEIGHT": (40.0, "overall weight (F-SKD table)"),
+        "W_DIST": (25.0, "distance term weight"),
+        "W_ANGLE": (50.0, "angle term weight"),
+        "FEATURE": ("out", "vectors compared: 'out' (face embedding, F-SKD) or 'pooled' (penultimate, RepDistiller)",
+                    ("out", "pooled")),
+    }
+
     uses_teacher_logits = False  # reads teacher features only
+    cacheable_teacher = True
+
+    @classmethod
+    def cache_refusal(cls, cfg: Any) -> str:
+        if str(cfg.DISTILL.RKD.FEATURE) != "out":
+            return "the cache stores the teacher's 'out' only: set DISTILL.RKD.FEATURE 'out'"
+        return ""
 
     def setup(self, cfg: Any, probe: Probe) -> None:
         node = cfg.DISTILL.RKD

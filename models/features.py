@@ -22,7 +22,7 @@ class Features:
     pooled:           the penultimate vector (before the classifier / embedding FC)
     attention:        CBAM models: per block (channel gate, spatial gate) after the sigmoid
     attention_logits: CBAM models: the same maps before the sigmoid (A-SKD distils these)
-    raw_stages:       stage outputs before any hint layer (equal to `stages` when there are none)
+    stem:             the stem's output before the first stage (CIFAR zoo: RepDistiller's `feat[0]`; FSP reads it)
     """
 
     out: Tensor
@@ -31,7 +31,7 @@ class Features:
     pooled: Tensor | None = None
     attention: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     attention_logits: list[tuple[Tensor, Tensor]] = field(default_factory=list)
-    raw_stages: list[Tensor] = field(default_factory=list)
+    stem: Tensor | None = None
 
     def __getitem__(self, key: str):
         if key not in self.keys():

@@ -15,19 +15,22 @@ import torch
 from data import DATASETS
 from data.cifar import CIFAR100, ContrastSampler
 from data.loader import SampleIndex
+from data.requests import BatchRequest
 from data.synthetic_classification import write_cifar100
 from utility.config import get_defaults
 from utility.errors import DataError
 
 
-def _cfg(train: str | Path, color: str = "rgb", negatives: int = 0, pool: str = "class", val: str = ""):
+def _cfg(train: str | Path, color: str = "rgb", val: str = ""):
     cfg = get_defaults()
     cfg.DATA.TRAIN = str(train)
     cfg.DATA.VAL = val
     cfg.DATA.COLOR = color
-    cfg.DATA.CRD_NEGATIVES = negatives
-    cfg.DATA.CRD_POOL = pool
     return cfg
+
+
+def _negatives(k: int) -> BatchRequest:
+    return BatchRequest(contrast_negatives=k)
 
 
 def _hand_built(folder: Path, labels: list[int], class_names: list[str], seed: int = 0) -> np.ndarray:
@@ -145,8 +148,8 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
 def test_contrast_index_is_self_then_other_class_negatives(tmp_path):
     labels = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]
     _hand_built(tmp_path, labels, ["a", "b", "c"])
-    dataset = CIFAR100(_cfg(tmp_path, negatives=5), split="train")
-    again = CIFAR100(_cfg(tmp_path, negatives=5), split="train")
+    dataset = CIFAR100(_cfg(tmp_path), split="train", request=_negatives(5))
+    again = CIFAR100(_cfg(tmp_path), split="train", request=_negatives(5))
     for index in range(len(labels)):
         contrast = dataset[index]["contrast_index"]
         assert contrast.dtype == np.int64 and contrast.shape == (6,)
@@ -156,12 +159,12 @@ def test_contrast_index_is_self_then_other_class_negatives(tmp_path):
         assert np.array_equal(contrast, again[index]["contrast_index"])  # reproducible
     epochs = {tuple(dataset[SampleIndex(4, epoch)]["contrast_index"]) for epoch in range(6)}
     assert len(epochs) > 1  # a new epoch draws new negatives
-    assert "contrast_index" not in CIFAR100(_cfg(tmp_path, negatives=5), split="val")[0]
+    assert "contrast_index" not in CIFAR100(_cfg(tmp_path), split="val", request=_negatives(5))[0]
 
 
 def test_contrast_draws_with_replacement_only_when_k_exceeds_the_pool(tmp_path):
     _hand_built(tmp_path, [0, 0, 1, 1, 2], ["a", "b", "c"])
-    dataset = CIFAR100(_cfg(tmp_path, negatives=9), split="train")
+    dataset = CIFAR100(_cfg(tmp_path), split="train", request=_negatives(9))
     contrast = dataset[4]["contrast_index"]
     assert contrast[0] == 4 and set(contrast[1:].tolist()) <= {0, 1, 2, 3} and len(contrast) == 10
 
@@ -169,14 +172,16 @@ def test_contrast_draws_with_replacement_only_when_k_exceeds_the_pool(tmp_path):
 def test_batched_contrast_indices(tmp_path):
     labels = [3, 1, 0, 2, 1, 3, 0, 2, 2, 1]
     _hand_built(tmp_path, labels, list("abcd"))
-    dataset = CIFAR100(_cfg(tmp_path), split="train")
+    dataset = CIFAR100(_cfg(tmp_path), split="train", request=_negatives(4))
     indices = np.array([7, 0, 4])
-    drawn = dataset.sample_contrast_indices(indices, 4, np.random.default_rng(11))
+    drawn = dataset.batch_extras(indices, np.random.default_rng(11))["contrast_index"].numpy()
     assert drawn.shape == (3, 5) and drawn.dtype == np.int64
     assert drawn[:, 0].tolist() == [7, 0, 4]
     for row, index in zip(drawn, indices):
         assert all(labels[j] != labels[index] for j in row[1:]) and len(set(row[1:].tolist())) == 4
-    assert np.array_equal(drawn, dataset.sample_contrast_indices(indices, 4, np.random.default_rng(11)))
+    again = dataset.batch_extras(indices, np.random.default_rng(11))["contrast_index"].numpy()
+    assert np.array_equal(drawn, again)
+    assert CIFAR100(_cfg(tmp_path), split="train").batch_extras(indices, np.random.default_rng(11)) == {}
 
 
 def test_negatives_are_uniform_over_the_other_classes():

@@ -74,6 +74,15 @@ FEATURES = {
     "ResNet18": ([(64, 32), (128, 16), (256, 8), (512, 4)], 512),
 }
 
+# RepDistiller's feat[0] (the stem output) per model: channels @ side, spec classification.md 1.1
+STEMS = {
+    **{name: (16, 32) for name in ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]},
+    "resnet8x4": (32, 32), "resnet32x4": (32, 32),
+    **{name: (16, 32) for name in ["wrn_16_1", "wrn_40_1", "wrn_16_2", "wrn_40_2"]},
+    **{name: (64, 32) for name in ["vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]},
+    "MobileNetV2": (16, 16), "ShuffleV1": (24, 32), "ShuffleV2": (24, 32), "ResNet50": (64, 32), "ResNet18": (64, 32),
+}
+
 NAMES = sorted(PUBLISHED)
 
 
@@ -169,7 +178,8 @@ def test_forward_features_shapes_and_preact(name):
     spatial, pooled_width = FEATURES[name]
     assert [tuple(f.shape) for f in feats.stages] == [(2, c, h, h) for c, h in spatial]
     assert [tuple(f.shape) for f in feats.preact_stages] == [(2, c, h, h) for c, h in spatial]
-    assert [tuple(f.shape) for f in feats.raw_stages] == [(2, c, h, h) for c, h in spatial]
+    channels, side = STEMS[name]
+    assert tuple(feats.stem.shape) == (2, channels, side, side)
     assert tuple(feats.pooled.shape) == (2, pooled_width)
     assert tuple(logits.shape) == (2, 100)
     assert torch.allclose(feats.out, logits, atol=1e-5)

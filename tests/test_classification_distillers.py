@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import models
-from kd import build_distiller
+from data.requests import BatchRequest
+from kd import batch_request, build_distiller
 from models.features import Features
 from models.network import Network
 from utility.config import load_config
@@ -51,7 +52,6 @@ def _cfg(kind, **overrides):
     cfg.DISTILL.TYPE = kind
     cfg.DISTILL.CRD.N_DATA = 20
     cfg.DISTILL.CRD.NCE_K = 4
-    cfg.DATA.CRD_NEGATIVES = 4
     cfg.DISTILL.CRD.FEAT_DIM = 8
     for key, value in overrides.items():
         node = cfg
@@ -142,11 +142,14 @@ def test_dct_rejects_stage_size_mismatch_unless_aligned():
     _check_gradients(_build("dct", teacher=teacher, **{"DISTILL.DCT.ALIGN": True}), [])
 
 
-def test_crd_needs_n_data_and_matching_negatives():
+def test_crd_needs_n_data_and_declares_its_negatives():
     with pytest.raises(ConfigError, match="N_DATA"):
         _build("crd", **{"DISTILL.CRD.N_DATA": 0})
-    with pytest.raises(ConfigError, match="CRD_NEGATIVES"):
-        _build("crd", **{"DATA.CRD_NEGATIVES": 0})
+    cfg = _cfg("crd", **{"DISTILL.CRD.POOL": "dct_first_n"})
+    assert batch_request(cfg) == BatchRequest(contrast_negatives=4, contrast_pool="dct_first_n", teacher_view=True)
+    assert batch_request(_cfg("crd+kd")).contrast_negatives == 4  # one key per fact: DISTILL.CRD.NCE_K
+    with pytest.raises(ConfigError, match="NCE_K"):
+        batch_request(_cfg("crd", **{"DISTILL.CRD.NCE_K": 0}))
 
 
 def test_crd_state_lives_in_the_distiller_state_dict():

@@ -41,8 +41,7 @@ class TinyConvNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> Features:
         stage = torch.relu(self.conv(x))
         pooled = stage.mean(dim=(2, 3))
-        return Features(out=self.fc(pooled), stages=[stage], preact_stages=[stage], pooled=pooled,
-                        raw_stages=[stage])
+        return Features(out=self.fc(pooled), stages=[stage], preact_stages=[stage], pooled=pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).out

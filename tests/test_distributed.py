@@ -18,13 +18,11 @@ from torch import nn
 from engine.distributed import (
     DistEnv,
     all_reduce_mean,
-    all_reduce_sum,
     any_rank_flag,
     broadcast_object,
     convert_sync_bn,
     init_distributed,
     is_main,
-    shard_range,
     wrap_ddp,
 )
 from utility.errors import ConfigError
@@ -55,7 +53,7 @@ def test_single_process_env_and_identity_helpers(no_torchrun):
     assert (env.rank, env.local_rank, env.world_size, env.is_main) == (0, 0, 1, True)
     assert env.device == torch.device("cpu")
     assert is_main()
-    assert all_reduce_mean(2.5) == 2.5 and all_reduce_sum(3.0) == 3.0
+    assert all_reduce_mean(2.5) == 2.5
     assert torch.equal(all_reduce_mean(torch.tensor([1.0, 2.0])), torch.tensor([1.0, 2.0]))
     assert any_rank_flag(True) is True and any_rank_flag(False) is False
     assert broadcast_object({"a": 1}) == {"a": 1}
@@ -79,14 +77,6 @@ def test_torchrun_without_master_address_is_a_config_error(no_torchrun, monkeypa
         init_distributed("cpu")
 
 
-def test_shard_range_hand_values():
-    # 10 items over 3 ranks: 4, 3, 3 (the first 10 % 3 = 1 rank gets one more)
-    assert [shard_range(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
-    assert [shard_range(2, r, 4) for r in range(4)] == [(0, 1), (1, 2), (2, 2), (2, 2)]
-    with pytest.raises(ValueError):
-        shard_range(5, 2, 2)
-
-
 # -- collectives over two ranks --------------------------------------------------------------------
 def _helpers_worker(rank: int, port: int, out: str) -> None:
     env = _join(rank, port)
@@ -96,9 +86,7 @@ def _helpers_worker(rank: int, port: int, out: str) -> None:
         "env": (env.rank, env.local_rank, env.world_size, env.is_main, str(env.device)),
         "is_main": is_main(),
         "mean_float": all_reduce_mean(float(rank + 1)),  # (1 + 2) / 2
-        "sum_float": all_reduce_sum(float(rank + 1)),
         "mean_tensor": all_reduce_mean(torch.tensor([2.0 * rank, 4.0])),
-        "sum_tensor": all_reduce_sum(torch.tensor([rank, 10], dtype=torch.int64)),
         "flag_one": any_rank_flag(rank == 1, "cpu"),
         "flag_none": any_rank_flag(False),
         "flag_all": any_rank_flag(True),
@@ -121,9 +109,7 @@ def test_collectives_over_two_ranks(tmp_path):
         assert r["env"] == (rank, rank, 2, rank == 0, "cpu")
         assert r["is_main"] == (rank == 0)
         assert r["mean_float"] == 1.5 and isinstance(r["mean_float"], float)
-        assert r["sum_float"] == 3.0
         assert torch.equal(r["mean_tensor"], torch.tensor([1.0, 4.0]))
-        assert torch.equal(r["sum_tensor"], torch.tensor([1, 20]))
         assert r["flag_one"] is True, "one rank's True must stop every rank"
         assert r["flag_none"] is False and r["flag_all"] is True
         assert r["object"] == {"run": "from-0", "ranks": [0]}

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
+from engine.partners import main as partners_main
 from kd import DISTILLERS, build_distiller
-from kd.f_skd import main as f_skd_main
 from models import BACKBONES, build_network
 from models.features import Features
 from utility.config import load_config
@@ -72,7 +72,8 @@ class TinyFaceNet(nn.Module):
             raw.append(x)
             stages.append(self.hint_layers[index](x) if self.hints else x)
         pooled = x.mean(dim=(2, 3))
-        return Features(out=self.fc(pooled), stages=stages, raw_stages=raw, pooled=pooled, attention=gates,
+        self.last_raw_stages = raw  # the stages before the hints, for the tests to compare against
+        return Features(out=self.fc(pooled), stages=stages, pooled=pooled, attention=gates,
                         attention_logits=logits)
 
 
@@ -263,6 +264,7 @@ def test_f_skd_distils_the_hinted_student_stages():
     _, losses = distiller(batch)
     with torch.no_grad():
         student = distiller.student.forward_features(batch["image"])  # train-mode BN: same batch, same maps
+        raw_stages = distiller.student.backbone.last_raw_stages
         teacher = distiller.teacher.network.forward_features(batch["image_teacher"])
 
     def point(stages):
@@ -273,7 +275,7 @@ def test_f_skd_distils_the_hinted_student_stages():
         return 20.0 * total / len(stages)
 
     assert losses["f_skd_point"].item() == pytest.approx(point(student.stages), rel=1e-4)
-    assert losses["f_skd_point"].item() != pytest.approx(point(student.raw_stages), rel=1e-3)
+    assert losses["f_skd_point"].item() != pytest.approx(point(raw_stages), rel=1e-3)
 
 
 # -- F-SKD logit term (quirk #16) --------------------------------------------------------------------------
@@ -317,7 +319,7 @@ def test_partners_command_writes_a_same_identity_table(tmp_path):
     teacher = build_network(load_config(config, TINY).TEACHER, 4)
     checkpoint = tmp_path / "teacher" / "last.pt"
     save_checkpoint({"model": {f"student.{k}": v for k, v in teacher.state_dict().items()}}, checkpoint)
-    code = f_skd_main(["partners", "--config", str(config), *TINY, "DATA.ROOT", str(tmp_path),
+    code = partners_main(["--config", str(config), *TINY, "DATA.ROOT", str(tmp_path),
                        "DATA.TRAIN", "train.rec", "DATA.PARTNER_TABLE", "partners.npy", "DATA.WORKERS", "0",
                        "TEACHER.CHECKPOINT", str(checkpoint), "EXPERIMENT.DEVICE", "cpu",
                        "DISTILL.F_SKD.PARTNER_MARGIN", "-1.0"])
@@ -329,7 +331,7 @@ def test_partners_command_writes_a_same_identity_table(tmp_path):
 
 
 def test_partners_command_reports_a_missing_teacher(capsys):
-    code = f_skd_main(["partners", "--config", str(CONFIGS / "f_skd/student_cosface.yaml"),
+    code = partners_main(["--config", str(CONFIGS / "f_skd/student_cosface.yaml"),
                        "TEACHER.CHECKPOINT", ""])
     assert code == 2
     assert "TEACHER.CHECKPOINT" in capsys.readouterr().err

@@ -141,20 +141,33 @@ def student_at_112():
         return model, images, model.forward_features(images), model(images)
 
 
+def trunk_stages(model, images):
+    """The iResNet trunk's stage maps before any hint layer, run layer by layer by hand."""
+    x = model.prelu(model.bn1(model.conv1(images)))
+    maps = []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        x = layer(x)[0]
+        maps.append(x)
+    return maps
+
+
 def test_iresnet_forward_shapes_at_112(student_at_112):
-    model, _, features, embedding = student_at_112
+    model, images, features, embedding = student_at_112
     assert embedding.shape == (2, 512) and torch.allclose(features.out, embedding)
-    for maps in (features.stages, features.raw_stages):
+    with torch.no_grad():
+        raw_stages = trunk_stages(model, images)
+    for maps in (features.stages, raw_stages):
         assert [tuple(m.shape) for m in maps] == [(2, 64, 56, 56), (2, 128, 28, 28), (2, 256, 14, 14), (2, 512, 7, 7)]
     assert features.pooled.shape == (2, 25088)
     assert len(features.attention) == 8 and features.attention[0][1].shape == (2, 1, 56, 56)
 
 
 def test_hints_feed_stages_but_not_the_trunk(student_at_112):
-    model, _, features, _ = student_at_112
+    model, images, features, _ = student_at_112
     with torch.no_grad():
+        raw_stages = trunk_stages(model, images)
         for index in range(4):
-            raw, stage = features.raw_stages[index], features.stages[index]
+            raw, stage = raw_stages[index], features.stages[index]
             hint = getattr(model, f"hint_layer{index + 1}")
             by_hand = F.conv2d(raw, hint.hint.weight)
             by_hand = (by_hand - hint.bn.running_mean[None, :, None, None]) / torch.sqrt(
@@ -163,9 +176,9 @@ def test_hints_feed_stages_but_not_the_trunk(student_at_112):
             assert not torch.allclose(stage, raw)
             if index < 3:  # the next stage runs on the raw map
                 next_stage = getattr(model, f"layer{index + 2}")(raw)[0]
-                assert torch.allclose(next_stage, features.raw_stages[index + 1], atol=1e-5)
+                assert torch.allclose(next_stage, raw_stages[index + 1], atol=1e-5)
         # The embedding comes from the raw layer-4 map.
-        embedding = model.features(model.fc(model.bn2(features.raw_stages[-1]).flatten(1)))
+        embedding = model.features(model.fc(model.bn2(raw_stages[-1]).flatten(1)))
     assert torch.allclose(embedding, features.out, atol=1e-4)
     without_bn = build_on_meta("face.iresnet18", hints=True, hint_bn=False)
     assert without_bn.hint_layer2.bn is None
@@ -174,9 +187,9 @@ def test_hints_feed_stages_but_not_the_trunk(student_at_112):
 
 
 def test_embedding_head_flattens_in_chw_order_and_freezes_bn1d(student_at_112):
-    model, _, features, _ = student_at_112
+    model, images, features, _ = student_at_112
     with torch.no_grad():
-        normalised = model.bn2(features.raw_stages[-1])
+        normalised = model.bn2(trunk_stages(model, images)[-1])
     c, h, w = 300, 2, 5
     assert torch.equal(features.pooled[:, c * 49 + h * 7 + w], normalised[:, c, h, w])
     assert not model.features.weight.requires_grad and torch.all(model.features.weight == 1)
@@ -205,8 +218,9 @@ def test_mobilefacenet_forward_at_112():
 def test_gap_pooling_is_the_mean_of_layer4():
     model = BACKBONES.build("face.iresnet18", pooling="A").eval()
     assert not hasattr(model, "fc") and not hasattr(model, "bn2")
-    features = model.forward_features(torch.randn(2, 3, 32, 32))
-    assert torch.allclose(features.out, features.raw_stages[-1].mean(dim=(2, 3)), atol=1e-6)
+    images = torch.randn(2, 3, 32, 32)
+    features = model.forward_features(images)
+    assert torch.allclose(features.out, trunk_stages(model, images)[-1].mean(dim=(2, 3)), atol=1e-6)
     assert torch.equal(features.pooled, features.out)
 
 

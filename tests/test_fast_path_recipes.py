@@ -160,7 +160,7 @@ def _config(case: Case, roots: dict, out: Path, mode: list[str]):
     if case.domain == "face":
         data = [*FACE, "DATA.ROOT", str(roots["face"]), "DATA.PARTNER_TABLE", "partners.npy"]
     elif case.domain == "cifar":
-        data = [*CIFAR, "DATA.ROOT", str(roots["cifar"]), "DISTILL.CRD.NCE_K", "8", "DATA.CRD_NEGATIVES", "8"]
+        data = [*CIFAR, "DATA.ROOT", str(roots["cifar"]), "DISTILL.CRD.NCE_K", "8"]
     else:
         lists = roots["scene_lists"]
         data = [*SCENE, "DATA.ROOT", str(lists["root"]), "DATA.TRAIN", str(lists["train"]),

@@ -137,7 +137,6 @@ def test_forward_features_shapes_and_preact(name, size):
     expected = [(2, c, h * size // 224, h * size // 224) for c, h in spatial]
     assert [tuple(f.shape) for f in feats.stages] == expected
     assert [tuple(f.shape) for f in feats.preact_stages] == expected
-    assert [tuple(f.shape) for f in feats.raw_stages] == expected
     assert tuple(feats.pooled.shape) == (2, pooled_width)
     assert tuple(logits.shape) == (2, 1000)
     assert torch.allclose(feats.out, logits, atol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 
 from data import DATASETS
 from data.loader import SampleIndex
+from data.requests import BatchRequest
 from data.scene import SceneList, center_crop, center_crop_offsets, parse_list, resized_shape
 from data.synthetic_classification import write_scene
 from utility.config import get_defaults
@@ -167,17 +168,18 @@ def test_shared_train_val_names_are_reported(tmp_path, caplog):
 
 def test_crd_contrast_indices_on_scene_lists(tmp_path):
     _mit_folder(tmp_path)
-    dataset = SceneList(_cfg(tmp_path / "train.txt", CRD_NEGATIVES=3), "train")
+    dataset = SceneList(_cfg(tmp_path / "train.txt"), "train", BatchRequest(contrast_negatives=3))
     labels = dataset.labels.tolist()  # [1, 0, 2, 1]
     for index in range(4):
         contrast = dataset[index]["contrast_index"]
         assert contrast[0] == index and len(contrast) == 4
         assert all(labels[j] != labels[index] for j in contrast[1:])
-    quirk = SceneList(_cfg(tmp_path / "train.txt", CRD_NEGATIVES=20, CRD_POOL="dct_first_n"), "train")
+    quirk = SceneList(_cfg(tmp_path / "train.txt"), "train",
+                      BatchRequest(contrast_negatives=20, contrast_pool="dct_first_n"))
     # the DCT pools hold only the first num_classes (3) samples: 0 (beach), 1 (kitchen), 2 (forest)
     assert set(quirk[3]["contrast_index"][1:].tolist()) == {1, 2}
-    with pytest.raises(ConfigError, match="CRD_POOL"):
-        SceneList(_cfg(tmp_path / "train.txt", CRD_NEGATIVES=2, CRD_POOL="bogus"), "train")
+    with pytest.raises(ConfigError, match="contrast pool"):
+        SceneList(_cfg(tmp_path / "train.txt"), "train", BatchRequest(contrast_negatives=2, contrast_pool="bogus"))
 
 
 @pytest.mark.parametrize("style", ["mit67", "ade20k"])

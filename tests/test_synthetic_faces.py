@@ -12,6 +12,7 @@ from data.lists import read_image_list, scan_class_folders
 from data.loader import SampleIndex, build_dataset
 from data.pairs import load_bin, load_pair_folder
 from data.recordio import RecordIO, RecordIOWriter, encode_image
+from data.requests import BatchRequest
 from data.synthetic import face_pairs, face_training_images, main, write_faces
 from utility.config import get_defaults
 from utility.errors import ConfigError, DataError
@@ -147,7 +148,7 @@ def test_partner_table_and_opencv_views(faces: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "partners.npy", table)
     cfg = _cfg(faces / "train.rec", PARTNER="table", PARTNER_TABLE=str(tmp_path / "partners.npy"),
                LOWRES__SIZES=[14], LOWRES__BACKEND="opencv", LOWRES__DOWN="nearest", LOWRES__UP="nearest")
-    dataset = build_dataset(cfg)
+    dataset = build_dataset(cfg, request=BatchRequest(partner="table"))
     item = dataset[SampleIndex(3, epoch=2)]
     assert item["partner_index"] == 4
     assert np.array_equal(item["partner"], dataset[4]["image"])
@@ -158,10 +159,10 @@ def test_partner_table_and_opencv_views(faces: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "short.npy", table[:-1])
     cfg.DATA.PARTNER_TABLE = str(tmp_path / "short.npy")
     with pytest.raises(DataError, match="one entry per sample"):
-        build_dataset(cfg)
+        build_dataset(cfg, request=BatchRequest(partner="table"))
     cfg.DATA.PARTNER_TABLE = ""
     with pytest.raises(ConfigError, match="PARTNER_TABLE"):
-        build_dataset(cfg)
+        build_dataset(cfg, request=BatchRequest(partner="table"))
 
 
 def test_plain_im2rec_file_without_header(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from data.loader import (
     to_device,
 )
 from data.recordio import encode_image, write_face_rec
+from data.requests import BatchRequest
 from data.transforms import EvalTransform, TrainTransform, normalize
 from utility.config import get_defaults
 from utility.errors import DataError
@@ -129,7 +130,8 @@ def test_table_partner_flips_independently() -> None:
     batch = _batch(count=16)
     batch["partner"] = _batch(count=16, seed=9)["image"]
     batch["partner_index"] = torch.arange(16).flip(0)
-    out = TrainTransform(_cfg(IMAGE_SIZE=32, LOWRES__SIZES=[8], PARTNER="table"))(batch, torch.Generator().manual_seed(2))
+    transform = TrainTransform(_cfg(IMAGE_SIZE=32, LOWRES__SIZES=[8]), BatchRequest(partner="table"))
+    out = transform(batch, torch.Generator().manual_seed(2))
     own = _flip_flags(out["image_teacher"], batch["image"])
     partner = _flip_flags(out["image_partner_teacher"], batch["partner"])
     assert own != partner
@@ -141,7 +143,8 @@ def test_table_partner_flips_independently() -> None:
 
 def test_shuffle_partner_is_an_in_batch_permutation() -> None:
     batch = _batch(count=10)
-    out = TrainTransform(_cfg(IMAGE_SIZE=32, LOWRES__SIZES=[8], PARTNER="shuffle"))(batch, torch.Generator().manual_seed(3))
+    transform = TrainTransform(_cfg(IMAGE_SIZE=32, LOWRES__SIZES=[8]), BatchRequest(partner="shuffle"))
+    out = transform(batch, torch.Generator().manual_seed(3))
     perm = out["partner_perm"]
     assert sorted(perm.tolist()) == list(range(10))
     assert torch.equal(out["image_partner"], out["image"][perm])

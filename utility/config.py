@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from utility.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _C = CN()
 
@@ -48,10 +52,8 @@ _C.DATA.TEN_CROP = False  # scene evaluation: average logits over ten crops
 _C.DATA.ON_DEVICE = False  # keep the whole (small) training set on the device as uint8 (CIFAR)
 _C.DATA.WORKERS = 2  # DataLoader worker processes (each opens its own file handles)
 _C.DATA.PIN_MEMORY = True  # pinned host memory for faster copies to CUDA
-_C.DATA.CRD_NEGATIVES = 0  # >0: the dataset returns this many class-aware negative indices (CRD)
-_C.DATA.CRD_POOL = "class"  # CRD negatives from all other-class samples, or "dct_first_n" (DCT scene quirk)
 _C.DATA.PARTNER = ""  # F-SKD partner view: "" none, "shuffle" (in batch), "table" (same identity)
-_C.DATA.PARTNER_TABLE = ""  # partner table written by `python -m kd.f_skd partners`
+_C.DATA.PARTNER_TABLE = ""  # partner table written by `python -m engine.partners`
 _C.DATA.TEACHER_CACHE = ""  # folder of precomputed teacher outputs (engine/teacher_cache.py); "" = run the teacher
 _C.DATA.LOWRES = CN()
 _C.DATA.LOWRES.SIZES = []  # low-resolution sides for the student view; empty = full resolution
@@ -108,64 +110,8 @@ _C.DISTILL = CN()
 _C.DISTILL.TYPE = "none"  # registry name; several joined by "+" add their terms, e.g. "dct+kd"
 _C.DISTILL.CE_WEIGHT = 1.0  # weight of the student's own classification loss
 
-_C.DISTILL.KD = CN()
-_C.DISTILL.KD.TEMPERATURE = 4.0  # softmax temperature T (loss scaled by T^2)
-_C.DISTILL.KD.WEIGHT = 1.0  # weight of the KL term
-
-_C.DISTILL.AT = CN()
-_C.DISTILL.AT.WEIGHT = 1000.0  # beta (RepDistiller 1000)
-_C.DISTILL.AT.P = 2  # power of the activation map
-_C.DISTILL.AT.STAGES = []  # stage indices to distil (Features.stages); [] = all, paired from the first
-
-_C.DISTILL.CRD = CN()
-_C.DISTILL.CRD.WEIGHT = 0.8  # beta (RepDistiller 0.8)
-_C.DISTILL.CRD.FEAT_DIM = 128  # embedding size of both heads
-_C.DISTILL.CRD.NCE_K = 16384  # negatives per sample
-_C.DISTILL.CRD.NCE_T = 0.07  # temperature
-_C.DISTILL.CRD.NCE_M = 0.5  # memory-bank momentum
-_C.DISTILL.CRD.N_DATA = 0  # memory-bank rows = training-set size; 0 = the engine fills it from the dataset
-
-_C.DISTILL.DCT = CN()
-_C.DISTILL.DCT.WEIGHT = 1.0  # weight of the DCT-attention term
-_C.DISTILL.DCT.TRANSFORM = "dft_real"  # "dft_real" (what the reference computes) or "dct2" (extension)
-_C.DISTILL.DCT.TEACHER_CORRECT = True  # PRED_GUIDE (reference default on): zero the term where the teacher is wrong
-_C.DISTILL.DCT.EPS = 0.0  # added to the min-max denominators; 0 = as the reference (a constant map gives NaN)
-_C.DISTILL.DCT.ALIGN = False  # extension: pool the larger map of a stage pair to the smaller (cross-arch CIFAR)
-
-_C.DISTILL.ASKD = CN()
-_C.DISTILL.ASKD.WEIGHT = 1.0  # beta on w_rs*RS + w_cs*CS (every released config: 1)
-_C.DISTILL.ASKD.R = 2  # region side for the regional similarity
-_C.DISTILL.ASKD.W_RS = 5.0  # regional-similarity weight
-_C.DISTILL.ASKD.W_CS = 14.0  # class-similarity weight
-
-_C.DISTILL.A_SKD = CN()
-_C.DISTILL.A_SKD.WEIGHT = 5.0  # lambda (A-SKD 5.0 with sum; F-SKD baseline 80 with mean)
-_C.DISTILL.A_SKD.REDUCTION = "sum"  # "sum" over maps (A-SKD) or "mean" (F-SKD re-implementation)
-_C.DISTILL.A_SKD.MAPS = "logits"  # "logits" (pre-sigmoid, A-SKD) or "gates" (post-sigmoid, F-SKD)
-
-_C.DISTILL.F_SKD = CN()
-_C.DISTILL.F_SKD.POINT_WEIGHT = 20.0  # weight of the point (feature-similarity) term
-_C.DISTILL.F_SKD.CROSS_WEIGHT = 4.0  # weight of the cross-sample relational term; 0 = off
-_C.DISTILL.F_SKD.LOGIT_WEIGHT = 0.0  # weight of the optional logit (HKD) term; 0 = off
-_C.DISTILL.F_SKD.LOGIT_TEMPERATURE = 4.0  # temperature of the logit term
-_C.DISTILL.F_SKD.LOGIT_TEACHER_HEAD = False  # teacher logits from its own head (False: student margin with teacher weights, quirk #16)
-_C.DISTILL.F_SKD.REQUIRE_HINTS = True  # the student must have hint layers (False: FSKD-v1, raw stages)
-_C.DISTILL.F_SKD.PARTNER_MARGIN = 0.0  # partner table: same-identity samples with teacher cosine > this (< -2: any sample)
-
-_C.DISTILL.ADADISTILL = CN()
-_C.DISTILL.ADADISTILL.MARGIN = "arcface"  # margin inside the centre head: arcface | cosface
-_C.DISTILL.ADADISTILL.S = 64.0  # scale
-_C.DISTILL.ADADISTILL.M = 0.45  # margin
-_C.DISTILL.ADADISTILL.WEIGHTED_ALPHA = True  # alpha' = alpha * cos(centre, teacher)
-
-_C.DISTILL.FITNET = CN()
-_C.DISTILL.FITNET.WEIGHT = 1.5  # weight of the hint MSE (F-SKD table)
-
-_C.DISTILL.RKD = CN()
-_C.DISTILL.RKD.WEIGHT = 40.0  # overall weight (F-SKD table)
-_C.DISTILL.RKD.W_DIST = 25.0  # distance term weight
-_C.DISTILL.RKD.W_ANGLE = 50.0  # angle term weight
-_C.DISTILL.RKD.FEATURE = "out"  # vectors compared: "out" (face embedding, F-SKD) or "pooled" (penultimate, RepDistiller)
+# Each method's own keys (DISTILL.<NAME>.*) are declared on its class in kd/<name>.py and join this
+# schema when `kd` is imported (`register_method_keys`); `load_config` imports it first.
 
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
@@ -205,17 +151,52 @@ _C.LOG.TENSORBOARD = True  # write TensorBoard scalars into OUTPUT_DIR/tb
 _C.LOG.PROGRESS = True  # tqdm progress bar
 
 
-REGISTRY_KEYS = {
-    "TEACHER.BACKBONE": "backbone",
-    "STUDENT.BACKBONE": "backbone",
-    "TEACHER.HEAD": "head",
-    "STUDENT.HEAD": "head",
-    "DATA.FORMAT": "dataset",
-}
+#: packages whose import contributes schema sections (the distillers' DISTILL.<NAME> keys); imported
+#: by `get_defaults`, so every config is validated against every discovered method
+SCHEMA_PLUGINS = ("kd",)
+#: one-line docs of the keys added by `register_method_keys` (full key -> doc), for `--list`
+METHOD_KEY_DOCS: dict[str, str] = {}
+#: old full key -> new full key; a file or override naming the old key sets the new one, with a warning
+RENAMED_KEYS: dict[str, str] = {}
+_METHOD_OWNERS: dict[str, str] = {}
+
+
+def register_method_keys(node: str, defaults: dict[str, tuple], owner: str) -> None:
+    """Add `DISTILL.<node>` with its keys: `defaults` maps KEY -> (default, one-line doc[, choices]).
+
+    Called by `kd` when it discovers a method; a second method sharing the node (arcdistill reads
+    ADADISTILL) declares no keys of its own. Two owners declaring different keys for one node is a bug.
+    """
+    if node in _METHOD_OWNERS and _METHOD_OWNERS[node] != owner:
+        if defaults:
+            raise ValueError(f"DISTILL.{node} is declared by both {_METHOD_OWNERS[node]} and {owner}")
+        return
+    if node in _C.DISTILL and node not in _METHOD_OWNERS:
+        raise ValueError(f"DISTILL.{node} clashes with a built-in DISTILL key")
+    _METHOD_OWNERS[node] = owner
+    section = CN()
+    for key, spec in defaults.items():
+        default, doc, *choices = spec
+        section[key] = list(default) if isinstance(default, tuple) else default
+        METHOD_KEY_DOCS[f"DISTILL.{node}.{key}"] = doc
+        if choices:
+            _CHOICES[f"DISTILL.{node}.{key}"] = tuple(choices[0])
+    if node in _C.DISTILL:
+        if set(_C.DISTILL[node]) != set(section):
+            raise ValueError(f"DISTILL.{node} is declared twice with different keys by {owner}")
+        return
+    _C.DISTILL[node] = section
+
+
+def register_renamed_key(old: str, new: str) -> None:
+    """Accept a retired key: YAML files and overrides that name `old` set `new`, with a warning."""
+    RENAMED_KEYS[old] = new
 
 
 def get_defaults() -> CN:
-    """A fresh, mutable copy of the defaults."""
+    """A fresh, mutable copy of the defaults, every discovered method's section included."""
+    for package in SCHEMA_PLUGINS:
+        importlib.import_module(package)
     return _C.clone()
 
 
@@ -259,18 +240,32 @@ def _merge_file(cfg: CN, layer: dict[str, Any]) -> None:
     _merge_dict(cfg, layer["data"], layer["__file__"], "")
 
 
-def _merge_dict(node: CN, data: dict[str, Any], source: str, prefix: str) -> None:
+def _merge_dict(node: CN, data: dict[str, Any], source: str, prefix: str, root: CN | None = None) -> None:
+    root = node if root is None else root
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in RENAMED_KEYS:
+            _set_renamed(root, full, value, source)
+            continue
         if key not in node:
             raise ConfigError(f"{source}: unknown key '{full}'.{_closest_key(full)}")
         current = node[key]
         if isinstance(current, CN):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{full}' is a section; give it a mapping, not {value!r}")
-            _merge_dict(current, value, source, full + ".")
+            _merge_dict(current, value, source, full + ".", root)
         else:
             node[key] = _coerce(full, value, current, source)
+
+
+def _set_renamed(cfg: CN, old: str, value: Any, source: str) -> None:
+    new = RENAMED_KEYS[old]
+    log.warning("%s: '%s' is retired; its value now goes to '%s' (rename it there)", source, old, new)
+    *parents, leaf = new.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[leaf] = _coerce(new, value, node[leaf], source)
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
@@ -308,6 +303,9 @@ def apply_overrides(cfg: CN, overrides: list[str]) -> None:
     if len(overrides) % 2:
         raise ConfigError(f"overrides come in KEY VALUE pairs; '{overrides[-1]}' has no value")
     for key, text in zip(overrides[0::2], overrides[1::2]):
+        if key in RENAMED_KEYS:
+            _set_renamed(cfg, key, _parse_override(text), "command line")
+            continue
         node = cfg
         parts = key.split(".")
         for part in parts[:-1]:
@@ -331,10 +329,6 @@ _CHOICES = {
     "SOLVER.MILESTONE_UNIT": ("epoch", "iter"),
     "SOLVER.PRECISION": ("auto", "fp32", "bf16"),
     "SOLVER.FAST_PATH": ("auto", "all", "switches"),
-    "DISTILL.A_SKD.REDUCTION": ("sum", "mean"),
-    "DISTILL.A_SKD.MAPS": ("logits", "gates"),
-    "DISTILL.ADADISTILL.MARGIN": ("arcface", "cosface"),
-    "DISTILL.DCT.TRANSFORM": ("dft_real", "dct2"),
 }
 
 

@@ -94,8 +94,8 @@ class CifarMobileNetV2(nn.Module):
                 m.bias.data.zero_()
 
     def forward_features(self, x: Tensor) -> Features:
-        x = self.conv1(x)
-        f1 = self.blocks[1](self.blocks[0](x))
+        stem = self.conv1(x)
+        f1 = self.blocks[1](self.blocks[0](stem))
         f2 = self.blocks[2](f1)
         f3 = self.blocks[4](self.blocks[3](f2))
         f4 = self.blocks[6](self.blocks[5](f3))
@@ -106,7 +106,7 @@ class CifarMobileNetV2(nn.Module):
             stages=stages,
             preact_stages=list(stages),
             pooled=pooled,
-            raw_stages=list(stages),
+            stem=stem,
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -98,8 +98,8 @@ class CifarResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> Features:
-        x = self.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = run_stage(self.layer1, x)
+        stem = self.relu(self.bn1(self.conv1(x)))
+        f1, f1_pre = run_stage(self.layer1, stem)
         f2, f2_pre = run_stage(self.layer2, f1)
         f3, f3_pre = run_stage(self.layer3, f2)
         pooled = self.avgpool(f3).flatten(1)
@@ -109,7 +109,7 @@ class CifarResNet(nn.Module):
             stages=stages,
             preact_stages=[f1_pre, f2_pre, f3_pre],
             pooled=pooled,
-            raw_stages=list(stages),
+            stem=stem,
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -109,8 +109,8 @@ class CifarResNetV2(nn.Module):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> Features:
-        x = F.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = run_stage(self.layer1, x)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        f1, f1_pre = run_stage(self.layer1, stem)
         f2, f2_pre = run_stage(self.layer2, f1)
         f3, f3_pre = run_stage(self.layer3, f2)
         f4, f4_pre = run_stage(self.layer4, f3)
@@ -121,7 +121,7 @@ class CifarResNetV2(nn.Module):
             stages=stages,
             preact_stages=[f1_pre, f2_pre, f3_pre, f4_pre],
             pooled=pooled,
-            raw_stages=list(stages),
+            stem=stem,
         )
 
     def forward(self, x: Tensor) -> Tensor:

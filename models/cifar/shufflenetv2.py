@@ -114,8 +114,8 @@ class ShuffleNetV2(nn.Module):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> Features:
-        x = F.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = run_stage(self.layer1, x)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        f1, f1_pre = run_stage(self.layer1, stem)
         f2, f2_pre = run_stage(self.layer2, f1)
         f3, f3_pre = run_stage(self.layer3, f2)
         pooled = F.avg_pool2d(F.relu(self.bn2(self.conv2(f3))), 4).flatten(1)
@@ -125,7 +125,7 @@ class ShuffleNetV2(nn.Module):
             stages=stages,
             preact_stages=[f1_pre, f2_pre, f3_pre],
             pooled=pooled,
-            raw_stages=list(stages),
+            stem=stem,
         )
 
     def forward(self, x: Tensor) -> Tensor:

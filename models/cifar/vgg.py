@@ -74,8 +74,8 @@ class CifarVGG(nn.Module):
 
     def forward_features(self, x: Tensor) -> Features:
         height = x.shape[2]
-        x = self.pool0(F.relu(self.block0(x)))
-        f1_pre = self.block1(x)
+        stem = F.relu(self.block0(x))
+        f1_pre = self.block1(self.pool0(stem))
         f1 = F.relu(f1_pre)
         f2_pre = self.block2(self.pool1(f1))
         f2 = F.relu(f2_pre)
@@ -91,7 +91,7 @@ class CifarVGG(nn.Module):
             stages=stages,
             preact_stages=[f1_pre, f2_pre, f3_pre, f4_pre],
             pooled=pooled,
-            raw_stages=list(stages),
+            stem=stem,
         )
 
     def forward(self, x: Tensor) -> Tensor:

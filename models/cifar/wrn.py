@@ -109,15 +109,16 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 m.bias.data.zero_()
 
-    def _trunk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        f1 = self.block1(self.conv1(x))
+    def _trunk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        stem = self.conv1(x)
+        f1 = self.block1(stem)
         f2 = self.block2(f1)
         f3 = self.block3(f2)
         pooled = F.avg_pool2d(self.relu(self.bn1(f3)), 8).flatten(1)
-        return f1, f2, f3, pooled
+        return stem, f1, f2, f3, pooled
 
     def forward_features(self, x: Tensor) -> Features:
-        f1, f2, f3, pooled = self._trunk(x)
+        stem, f1, f2, f3, pooled = self._trunk(x)
         preact = [
             batch_norm_untracked(self.block2.layer[0].bn1, f1),
             batch_norm_untracked(self.block3.layer[0].bn1, f2),
@@ -125,11 +126,11 @@ class WideResNet(nn.Module):
         ]
         stages = [f1, f2, f3]
         return Features(
-            out=self.fc(pooled), stages=stages, preact_stages=preact, pooled=pooled, raw_stages=list(stages)
+            out=self.fc(pooled), stages=stages, preact_stages=preact, pooled=pooled, stem=stem
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self._trunk(x)[3])
+        return self.fc(self._trunk(x)[4])
 
 
 @BACKBONES.register("cifar.wrn_16_1")

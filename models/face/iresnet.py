@@ -14,7 +14,7 @@ One class covers every published variant the face KD papers use (spec face.md §
   no head keys; the embedding is then 512-d).
 - `hints=True`: F-SKD student hint layers (1x1 conv [+ BN]) after each stage. They are part of the
   student: `forward_features().stages` holds the hinted maps (what F-SKD and FitNet distil) while the
-  trunk continues on the raw ones, kept in `raw_stages`.
+  trunk continues on the raw ones.
 
 State-dict keys, their order and shapes equal the published F-SKD / insightface / AdaDistill files
 (`spec/keys/f_skd_iresnet*.json`, `adadistill_iresnet*.json`). Stage outputs at 112x112 input:
@@ -163,14 +163,12 @@ class IResNet(nn.Module):
         """
         x = self.prelu(self.bn1(self.conv1(x)))
         stages: list[Tensor] = []
-        raw_stages: list[Tensor] = []
         gates: list[AttentionPair] = []
         logits: list[AttentionPair] = []
         for index, stage in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
             x, stage_gates, stage_logits = stage(x)
             gates.extend(stage_gates)
             logits.extend(stage_logits)
-            raw_stages.append(x)
             stages.append(getattr(self, f"hint_layer{index}")(x) if self.hints else x)
         if self.pooling == "A":
             pooled = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
@@ -179,7 +177,7 @@ class IResNet(nn.Module):
             pooled = self.dropout(self.bn2(x).flatten(1))
             out = self.features(self.fc(pooled))
         return Features(out=out, stages=stages, pooled=pooled, attention=gates,
-                        attention_logits=logits, raw_stages=raw_stages)
+                        attention_logits=logits)
 
 
 def _check_options(attention: str, pooling: str, num_features: int, dropout: float, width: int) -> None:

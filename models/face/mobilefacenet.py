@@ -128,7 +128,7 @@ class MobileFaceNet(nn.Module):
         pooled = self.output_layer.pool(stage7)
         out = self.output_layer.bn(self.output_layer.linear(pooled))
         stages = [stage56, stage28, stage14, stage7]
-        return Features(out=out, stages=stages, pooled=pooled, raw_stages=list(stages))
+        return Features(out=out, stages=stages, pooled=pooled)
 
 
 @BACKBONES.register("face.mobilefacenet")

@@ -123,7 +123,6 @@ class ImageNetMobileNetV2(nn.Module):
             stages=stages,
             preact_stages=[*stages[:-1], head_preact],
             pooled=pooled,
-            raw_stages=list(stages),
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -139,7 +139,6 @@ class ImageNetResNet(nn.Module):
             stages=stages,
             preact_stages=[f1_pre, f2_pre, f3_pre, f4_pre],
             pooled=pooled,
-            raw_stages=list(stages),
         )
 
     def forward(self, x: Tensor) -> Tensor:
