@@ -31,7 +31,7 @@ export PYTHONUNBUFFERED=1 DISTILLERY_TEST_DEVICE="$device"
 t_tests=${T_TESTS:-70} t_recipes=${T_RECIPES:-90} t_bench=${T_BENCH:-45}
 select=() select_slow=()
 if [ -n "$quick" ]; then  # CPU smoke run: a few cases of each part, tiny benchmark batches
-  t_tests=600 t_recipes=600 t_bench=600 select=(-k "a_skd_tiny or emulation or covers") select_slow=(-k cifar_none)
+  t_tests=600 t_recipes=600 t_bench=600 select=(-k "a_skd_tiny or emulation or cover_every") select_slow=(-k cifar_none)
 fi
 problems=0
 
