@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli._option_string_actions["--batch"].type = str
     args = cli.parse_args(argv)
     device_is_cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    batches = args.batch or ("64,1024" if device_is_cuda else "8,32")
+    batches = args.batch or ("64,1024" if device_is_cuda else "2" if args.quick else "8,32")
     tables = []
     for batch in (int(b) for b in batches.split(",")):
         args.batch = batch

@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import platform
+import re
 import statistics
 import threading
 import time
@@ -223,6 +225,11 @@ def parser(description: str, cpu: dict[str, int], cuda: dict[str, int]) -> argpa
                         help="torch intra-op threads (default: torch's choice); 1 is steadier on a shared CPU")
     result.add_argument("--fast-path", default="auto", choices=("auto", "all", "switches"),
                         help="SOLVER.FAST_PATH for the Distillery step (auto: on for CUDA)")
+    result.add_argument("--quick", action="store_true",
+                        help="batch 2, no warm-up, 1 timed step: checks that the workload runs (no figures)")
+    result.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="profile this many Distillery steps: top kernels and what bounds the step")
+    result.add_argument("--out", default="", metavar="DIR", help="also write the results as DIR/<name>.json and .md")
     result.set_defaults(_cpu=cpu, _cuda=cuda)
     return result
 
@@ -233,10 +240,93 @@ def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.device]
     if args.threads:
         torch.set_num_threads(args.threads)
     defaults = args._cuda if device.type == "cuda" else args._cpu
+    if getattr(args, "quick", False):
+        defaults = {"batch": 2, "steps": 1, "warmup": 0}
     for key in ("batch", "steps", "warmup"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     return args, device
+
+
+# -- what bounds a step -----------------------------------------------------------------------------
+#: dense bf16 matrix peaks from the vendors' datasheets (TFLOP/s, no sparsity), by device-name substring
+DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0,
+                         "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+_MATRIX_KERNELS = re.compile(r"gemm|conv|wgmma|cutlass|cudnn|xmma|sm90|matmul|\bmm\b|addmm|bmm|dot", re.I)
+
+
+def datasheet_peak_tflops(device: torch.device) -> float | None:
+    """The detected GPU's datasheet dense bf16 peak, or None (CPU, or a GPU not in the table)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in DATASHEET_BF16_TFLOPS.items() if key in name), None)
+
+
+def profile_step(step: Callable[[], Any], device: torch.device, steps: int, top: int = 10) -> dict[str, Any]:
+    """torch.profiler over `steps` calls of `step`: the top kernels (CUDA) or ops (CPU) by self time, the
+    share of matrix kernels, how busy the device was over the wall time, and a one-line verdict.
+
+    The verdict: device busy < 70 % of the wall time -> host-bound (Python, launches, data, syncs);
+    else matrix kernels >= 60 % of device time -> matrix-bound; else memory/elementwise-bound.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    wall_us = (time.perf_counter() - start) * 1e6
+    on_device = device.type == "cuda"
+
+    def self_us(event: Any) -> float:
+        if on_device:
+            return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
+        return float(event.self_cpu_time_total)
+
+    events = [e for e in prof.key_averages() if self_us(e) > 0 and not e.key.startswith("ProfilerStep")]
+    total = sum(self_us(e) for e in events) or 1.0
+    matrix = sum(self_us(e) for e in events if _MATRIX_KERNELS.search(e.key)) / total
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    kernels = [{"name": e.key[:100], "ms_per_step": self_us(e) / steps / 1e3, "share": self_us(e) / total}
+               for e in ranked]
+    busy = total / wall_us if on_device else None
+    if busy is not None and busy < 0.7:
+        bound = f"host-bound: the GPU is busy {100 * busy:.0f} % of the step (Python, launches, data or syncs)"
+    elif matrix >= 0.6:
+        bound = f"matrix-bound: matrix kernels take {100 * matrix:.0f} % of {'GPU' if on_device else 'op'} time"
+    else:
+        bound = (f"memory/elementwise-bound: matrix kernels take only {100 * matrix:.0f} % of "
+                 f"{'GPU' if on_device else 'op'} time")
+    return {"steps": steps, "wall_ms_per_step": wall_us / steps / 1e3, "device_busy": busy,
+            "matrix_share": matrix, "bound": bound, "top": kernels}
+
+
+def format_profile(profile: dict[str, Any]) -> str:
+    lines = [f"profile over {profile['steps']} steps ({profile['wall_ms_per_step']:.1f} ms/step wall): "
+             f"{profile['bound']}", f"{'share':>7}{'ms/step':>9}  kernel / op"]
+    lines += [f"{100 * k['share']:>6.1f}%{k['ms_per_step']:>9.2f}  {k['name']}" for k in profile["top"]]
+    return "\n".join(lines)
+
+
+def write_results(out: str, name: str, record: dict[str, Any], text: str) -> None:
+    """`out/<name>.json` (the figures) and `out/<name>.md` (the printed table in a code block)."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(f"### {record.get('title', name)}\n\n```\n{text}\n```\n")
+
+
+def variant_record(variant: Variant, flops_per_item: float | None, peaks: dict[str, float | None]) -> dict[str, Any]:
+    """One variant's figures: rate, step time, peak memory, TFLOP/s and MFU against each known peak."""
+    tflops = flops_per_item * variant.items_per_s / 1e12 if flops_per_item else None
+    return {"name": variant.name, "items_per_s": variant.items_per_s, "ms_per_step": 1e3 * variant.median_s,
+            "peak_mib": variant.peak_bytes / 2**20 if variant.peak_bytes is not None else None,
+            "tflops": tflops,
+            **{f"mfu_{key}": (tflops / peak if tflops is not None and peak else None) for key, peak in peaks.items()}}
 
 
 # -- the training workloads -----------------------------------------------------------------------
@@ -379,6 +469,7 @@ def run_workload(workload: Workload, args: argparse.Namespace) -> str:
     ]
     measure(variants, device, args.warmup, args.steps)
     effective = trainer.cfg.SOLVER
+    datasheet = datasheet_peak_tflops(device)
     lines = [
         header_lines(device, peak, args),
         f"distillery: precision {trainer.autocast_dtype or torch.float32}, compile {effective.COMPILE}, "
@@ -386,7 +477,27 @@ def run_workload(workload: Workload, args: argparse.Namespace) -> str:
         f"{flops / 1e9:.2f} G (student fwd+bwd, teacher fwd)",
         format_table(workload.title, variants, device, flops, peak, reference="baseline (fp32, per-sample)"),
     ]
-    return "\n".join(lines)
+    if datasheet:
+        tflops = flops * variants[-1].items_per_s / 1e12
+        lines.append(f"distillery MFU against the datasheet bf16 peak of this GPU ({datasheet:.0f} TFLOP/s): "
+                     f"{100 * tflops / datasheet:.1f}%")
+    profile = profile_step(distillery_step, device, args.profile) if getattr(args, "profile", 0) else None
+    if profile is not None:
+        lines.append(format_profile(profile))
+    text = "\n".join(lines)
+    if getattr(args, "out", ""):
+        record = {"title": workload.title, "config": workload.config, "device": device_name(device),
+                  "torch": torch.__version__, "batch": args.batch, "warmup": args.warmup, "steps": args.steps,
+                  "fast_path": {"precision": str(trainer.autocast_dtype or torch.float32),
+                                "compile": bool(effective.COMPILE), "channels_last": bool(effective.CHANNELS_LAST),
+                                "fused": bool(effective.FUSED)},
+                  "flops_per_image": flops, "peak_tflops_measured": peak, "peak_tflops_datasheet": datasheet,
+                  "variants": [variant_record(v, flops, {"measured": peak, "datasheet": datasheet})
+                               for v in variants],
+                  "profile": profile}
+        write_results(args.out, f"{Path(workload.config).parent.name}_{Path(workload.config).stem}_b{args.batch}",
+                      record, text)
+    return text
 
 
 def interpolate_sample(image_chw: Tensor, size: int, mode: str) -> Tensor:

@@ -229,7 +229,7 @@ def pack_rng(state: dict[str, Any]) -> dict[str, Any]:
 def unpack_rng(packed: dict[str, Any]) -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = packed["numpy"]
     state = dict(packed)
-    state["numpy"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    state["numpy"] = (name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached)  # map_location may be CUDA
     python = packed["python"]
     state["python"] = (python[0], tuple(python[1]), python[2])
     return state

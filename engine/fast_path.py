@@ -13,6 +13,10 @@ individual keys:
 
 Precision stays with `SOLVER.PRECISION` (bf16 autocast on CUDA under `auto`); recipes that pin `fp32`
 for faithfulness keep it. The resolved switches are written into the run's `config.yaml`.
+
+cuDNN's autotuner (`SOLVER.CUDNN_BENCHMARK`, on by default) is decided here too, whatever the fast
+path: input shapes are fixed during training, so the one-off search pays for itself within a few
+steps; `EXPERIMENT.DETERMINISTIC` turns it off (the search may pick different algorithms per run).
 """
 
 from __future__ import annotations
@@ -51,8 +55,7 @@ def resolve_fast_path(cfg: Any, device: torch.device | str) -> FastPath:
 def apply_fast_path(cfg: Any, device: torch.device | str) -> Any:
     """A frozen copy of `cfg` whose SOLVER.COMPILE / CHANNELS_LAST / FUSED hold the effective switches.
 
-    On CUDA with the fast path on (and EXPERIMENT.DETERMINISTIC off) cuDNN's autotuner is enabled too:
-    input shapes are fixed during training, so the one-off search pays for itself within a few steps.
+    On CUDA it also sets `torch.backends.cudnn.benchmark` (see `cudnn_benchmark`).
     """
     effective = resolve_fast_path(cfg, device)
     resolved = cfg.clone()
@@ -61,6 +64,11 @@ def apply_fast_path(cfg: Any, device: torch.device | str) -> Any:
     resolved.SOLVER.CHANNELS_LAST = effective.channels_last
     resolved.SOLVER.FUSED = effective.fused
     resolved.freeze()
-    if torch.device(device).type == "cuda" and effective.any and not cfg.EXPERIMENT.DETERMINISTIC:
-        torch.backends.cudnn.benchmark = True
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark(cfg)
     return resolved
+
+
+def cudnn_benchmark(cfg: Any) -> bool:
+    """Whether a CUDA run autotunes cuDNN: SOLVER.CUDNN_BENCHMARK unless EXPERIMENT.DETERMINISTIC."""
+    return bool(cfg.SOLVER.CUDNN_BENCHMARK) and not bool(cfg.EXPERIMENT.DETERMINISTIC)

@@ -166,6 +166,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.plan.main_iters, self.plan.iters_per_epoch,
                                          self.base_lr)
         self.autocast_dtype = _precision_dtype(cfg, self.device)
+        # reading a loss on the host waits for the device: on CUDA only every LOG.PERIOD (and at
+        # checkpoints/evaluations), on the CPU, where it costs nothing, after every step
+        self.sync_every_step = self.device.type == "cpu"
         self.iteration = 0
         self.best: dict[str, Any] = {"metric": -math.inf, "iteration": -1, "results": None}
         self.last_results: dict[str, Any] | None = None
@@ -515,7 +518,6 @@ class Trainer:
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         window: list[dict[str, torch.Tensor]] = []
         tick, seen = time.perf_counter(), 0
-        check_every_step = self.device.type == "cpu"
         while self.iteration < plan.total_iters:
             epoch, position = divmod(self.iteration, plan.iters_per_epoch)
             self.loader.set_epoch(epoch)
@@ -533,7 +535,7 @@ class Trainer:
                 at_log = self.iteration % cfg.LOG.PERIOD == 0 or self.iteration == plan.total_iters
                 at_ckpt = self.iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or self.iteration == plan.total_iters
                 at_eval = cfg.EVAL.PERIOD > 0 and self.iteration % cfg.EVAL.PERIOD == 0
-                if check_every_step or at_log or at_ckpt or at_eval:
+                if self.sync_every_step or at_log or at_ckpt or at_eval:
                     self._check_finite(bad, terms)
                     self._check_bad_samples()
                 if at_log:

@@ -48,18 +48,23 @@ def margin_logits(emb_unit: Tensor, centres: Tensor, labels: Tensor, margin: str
     arccos and cos and no fallback past pi; CosFace: s (cos - m [j = y]).
     """
     cos = (emb_unit @ _unit_rows(centres).t()).clamp(-1.0, 1.0)
-    at_label = F.one_hot(labels, cos.shape[1]).to(cos.dtype)
+    at_label = torch.zeros_like(cos).scatter_(1, labels.view(-1, 1).long(), 1.0)  # one_hot checks on the host
     if margin == "arcface":
         return s * torch.cos(torch.acos(cos) + m * at_label)
     return s * (cos - m * at_label)
 
 
+def last_position(labels: Tensor) -> Tensor:
+    """For each sample, the batch position of the last sample with its label (B x B comparisons: no
+    torch.unique, whose output size would make CUDA wait for the host)."""
+    positions = torch.arange(labels.shape[0], device=labels.device)
+    same = labels.unsqueeze(1) == labels.unsqueeze(0)
+    return torch.where(same, positions.unsqueeze(0), -1).amax(dim=1)
+
+
 def last_occurrence(labels: Tensor) -> Tensor:
     """Boolean mask of the samples whose label does not appear again later in the batch."""
-    _, inverse = torch.unique(labels, return_inverse=True)
-    positions = torch.arange(labels.shape[0], device=labels.device)
-    last = torch.full_like(positions, -1).scatter_reduce(0, inverse, positions, reduce="amax")
-    return last[inverse] == positions
+    return last_position(labels) == torch.arange(labels.shape[0], device=labels.device)
 
 
 class AdaDistillLoss(nn.Module):
@@ -98,8 +103,9 @@ class AdaDistillLoss(nn.Module):
             alpha = cos_st.clamp(1e-6, 1.0)
             self.stats = {}
         new = alpha.unsqueeze(1) * old + (1.0 - alpha.unsqueeze(1)) * emb_unit_t
-        keep = last_occurrence(labels)
-        self.weight[labels[keep]] = new[keep].to(self.weight.dtype)
+        # every sample of a label writes the value of its last occurrence: duplicate writes agree, so the
+        # result does not depend on their order, and no boolean indexing syncs with the host
+        self.weight.index_put_((labels,), new[last_position(labels)].to(self.weight.dtype))
         self.stats.update({"alpha": alpha.mean(), "cos_student_teacher": cos_st.mean()})
         return alpha
 

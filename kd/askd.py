@@ -44,11 +44,15 @@ def pairwise_scalar_distances(values: Tensor) -> Tensor:
 def _relation_loss(values_s: Tensor, values_t: Tensor) -> Tensor:
     """SmoothL1 between the two sides' distance tensors, each divided by its mean positive entry."""
     with torch.no_grad():
-        distances_t = pairwise_scalar_distances(values_t)
-        distances_t = distances_t / distances_t[distances_t > 0].mean()
-    distances_s = pairwise_scalar_distances(values_s)
-    distances_s = distances_s / distances_s[distances_s > 0].mean()
+        distances_t = _over_positive_mean(pairwise_scalar_distances(values_t))
+    distances_s = _over_positive_mean(pairwise_scalar_distances(values_s))
     return F.smooth_l1_loss(distances_s, distances_t)
+
+
+def _over_positive_mean(distances: Tensor) -> Tensor:
+    """Distances (>= 0) over the mean of their positive entries; sum / count rather than
+    `d[d > 0].mean()`, whose boolean indexing makes CUDA wait for the host."""
+    return distances / (distances.sum() / (distances > 0).sum())
 
 
 def regional_similarity_loss(feat_s: Tensor, feat_t: Tensor, r: int = 2) -> Tensor:

@@ -29,6 +29,7 @@ DISTILL.F_SKD.LOGIT_TEACHER_HEAD true uses the teacher's own head instead.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -70,21 +71,32 @@ def _affinity(a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("bcm,bcn->bmn", _unit_frobenius(a), _unit_frobenius(b))
 
 
-def cross_sample_loss(feat_s: Tensor, feat_pos_s: Tensor, feat_t: Tensor, feat_pos_t: Tensor) -> Tensor:
+def _masked_cosine_distance(a: Tensor, b: Tensor, keep: Tensor) -> Tensor:
+    """`cosine_distance` averaged over the samples where `keep` is true (0 when none): a mask instead of
+    `a[keep]`, whose data-dependent size would make CUDA wait for the host every step."""
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    per_sample = 1.0 - (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
+    return torch.where(keep, per_sample, 0.0).sum() / keep.sum().clamp(min=1)
+
+
+def cross_sample_loss(feat_s: Tensor, feat_pos_s: Tensor, feat_t: Tensor, feat_pos_t: Tensor,
+                      keep: Tensor | None = None) -> Tensor:
     """F-SKD cross-sample relational term on one stage (the last: 512 x 7 x 7 for iResNet).
 
     With R(A, A') = n(A)^T n(A') (per-sample Frobenius-normalised maps, 49 x 49 affinities) and
     c(P, Q) = batch-mean 1 - cos(vec P, vec Q):
         L = 1/2 [c(R_HH, R_HL) + c(R_HH, R_LH)] + c(R_HH, R_LL),
     R_HH = R(T, T+), R_HL = R(T, S+), R_LH = R(S, T+), R_LL = R(S, S+). Teacher inputs are detached;
-    the student receives gradient through both its anchor and its partner maps.
+    the student receives gradient through both its anchor and its partner maps. With `keep` (B bools) the
+    batch means run over the kept samples only (0 when none is kept).
     """
     feat_t, feat_pos_t = feat_t.detach(), feat_pos_t.detach()
     r_hh = _affinity(feat_t, feat_pos_t)
     r_hl = _affinity(feat_t, feat_pos_s)
     r_lh = _affinity(feat_s, feat_pos_t)
     r_ll = _affinity(feat_s, feat_pos_s)
-    return 0.5 * (cosine_distance(r_hh, r_hl) + cosine_distance(r_hh, r_lh)) + cosine_distance(r_hh, r_ll)
+    distance = cosine_distance if keep is None else functools.partial(_masked_cosine_distance, keep=keep)
+    return 0.5 * (distance(r_hh, r_hl) + distance(r_hh, r_lh)) + distance(r_hh, r_ll)
 
 
 def select_partners(embeddings: np.ndarray, labels: np.ndarray, margin: float = 0.0,
@@ -260,9 +272,5 @@ class FeatureSimilarityKD(Distiller):
             return cross_sample_loss(last_s, last_s[perm], last_t, last_t[perm])
         pos_s = step.extra["partner_student"].stages[-1]
         pos_t = step.extra["partner_teacher"].stages[-1]
-        keep = _partner_mask(step.batch, size, last_s.device)
-        if keep is not None:
-            if not bool(keep.any()):
-                return last_s.sum() * 0.0  # no partner in this batch: the term is absent, graph kept
-            last_s, pos_s, last_t, pos_t = last_s[keep], pos_s[keep], last_t[keep], pos_t[keep]
-        return cross_sample_loss(last_s, pos_s, last_t, pos_t)
+        keep = _partner_mask(step.batch, size, last_s.device)  # no partner in the batch: the term is 0
+        return cross_sample_loss(last_s, pos_s, last_t, pos_t, keep=keep)

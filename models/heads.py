@@ -13,13 +13,31 @@ quirks, so logits match the originals on the same inputs.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import HEADS
+
+
+def _in_fp32(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run a head method in float32 with autocast off, whatever the surrounding precision.
+
+    Margins live near cos = +-1 (sqrt(1 - cos^2), arccos, the cos(pi - m) threshold), where bf16's 8
+    mantissa bits move a logit of scale s = 64 by ~0.5; the seeds train these heads in fp32, and the
+    (B x classes) product is small next to the backbone.
+    """
+
+    @functools.wraps(method)
+    def in_fp32(self: nn.Module, embedding: Tensor, *args: object) -> Tensor:
+        with torch.autocast(embedding.device.type, enabled=False):
+            return method(self, embedding.float(), *args)
+
+    return in_fp32
 
 
 def _one_hot_like(cosine: Tensor, labels: Tensor) -> Tensor:
@@ -54,6 +72,7 @@ class ArcFaceHead(nn.Module):
         self.threshold = math.cos(math.pi - m)
         self.fallback = math.sin(math.pi - m) * m
 
+    @_in_fp32
     def forward(self, embedding: Tensor, labels: Tensor | None = None) -> Tensor:
         cosine = F.linear(F.normalize(embedding), F.normalize(self.weight))
         if labels is None:
@@ -78,6 +97,7 @@ class CosFaceHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.xavier_uniform_(self.weight)
 
+    @_in_fp32
     def forward(self, embedding: Tensor, labels: Tensor | None = None) -> Tensor:
         cosine = F.linear(F.normalize(embedding), F.normalize(self.weight))
         if labels is None:
@@ -108,6 +128,7 @@ class AdaFaceHead(nn.Module):
         self.register_buffer("batch_mean", torch.ones(1) * 20)
         self.register_buffer("batch_std", torch.ones(1) * 100)
 
+    @_in_fp32
     def forward(self, embedding: Tensor, labels: Tensor | None = None) -> Tensor:
         norms = torch.norm(embedding, 2, 1, True)
         unit_embedding = torch.div(embedding, norms)
@@ -151,11 +172,13 @@ class MagFaceHead(nn.Module):
         """m(a), linear from l_margin at l_a to u_margin at u_a."""
         return (self.u_margin - self.l_margin) / (self.u_a - self.l_a) * (magnitude - self.l_a) + self.l_margin
 
+    @_in_fp32
     def regularizer(self, embedding: Tensor) -> Tensor:
         """lambda_g * g with g = mean(a / u_a^2 + 1 / a): MagFace's term rewarding larger magnitudes."""
         magnitude = self.magnitude(embedding)
         return self.lambda_g * torch.mean(1 / (self.u_a**2) * magnitude + 1 / magnitude)
 
+    @_in_fp32
     def forward(self, embedding: Tensor, labels: Tensor | None = None) -> Tensor:
         cosine = torch.mm(F.normalize(embedding), F.normalize(self.weight, dim=1).t()).clamp(-1, 1)
         if labels is None:

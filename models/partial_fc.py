@@ -55,16 +55,18 @@ def margin_logits(cosine: Tensor, labels: Tensor, margin: str, s: float, m: floa
     """
     if margin not in ("arcface", "cosface"):
         raise ConfigError(f"Partial FC margin must be 'arcface', 'cosface' or a callable, got {margin!r}")
-    rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-    columns = labels[rows]
-    target = cosine[rows, columns]
+    # gather/scatter over every row (rows without a label here keep their value): no data-dependent
+    # shapes, so no host synchronisation on CUDA
+    valid = (labels >= 0).unsqueeze(1)
+    columns = labels.clamp(min=0).unsqueeze(1)
+    target = cosine.gather(1, columns)
     if margin == "arcface":
         sine = torch.sqrt((1.0 - target * target).clamp_min(0.0))
         shifted = target * math.cos(m) - sine * math.sin(m)
         target_new = torch.where(target > math.cos(math.pi - m), shifted, target - m * math.sin(math.pi - m))
     else:
         target_new = target - m
-    logits = cosine.index_put((rows, columns), target_new)
+    logits = cosine.scatter(1, columns, torch.where(valid, target_new, target))
     return logits * s
 
 
@@ -117,22 +119,20 @@ class _DistCrossEntropy(torch.autograd.Function):
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
         shifted = logits - row_max
         exp = shifted.exp()
-        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        columns = labels[rows]
-        target = torch.zeros_like(row_max)
-        target[rows, 0] = shifted[rows, columns]
+        valid = (labels >= 0).unsqueeze(1)  # masks, not row lists: no host synchronisation on CUDA
+        columns = labels.clamp(min=0).unsqueeze(1)
+        target = torch.where(valid, shifted.gather(1, columns), torch.zeros_like(row_max))
         sums = torch.cat([exp.sum(dim=1, keepdim=True), target], dim=1)
         if distributed:
             dist.all_reduce(sums, op=dist.ReduceOp.SUM)
         sum_exp, target = sums[:, :1], sums[:, 1:]
-        ctx.save_for_backward(exp.div_(sum_exp), rows, columns)
+        ctx.save_for_backward(exp.div_(sum_exp), valid, columns)
         return (sum_exp.log() - target).mean()
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, None, None]:
-        probabilities, rows, columns = ctx.saved_tensors
-        grad = probabilities.clone()
-        grad[rows, columns] -= 1.0
+        probabilities, valid, columns = ctx.saved_tensors
+        grad = probabilities.clone().scatter_add_(1, columns, -valid.to(probabilities.dtype))
         return grad * (grad_loss / probabilities.shape[0]), None, None
 
 
@@ -262,8 +262,11 @@ class PartialFC(nn.Module):
         if self.sample_rate < 1.0:
             self.sampled_index, local_labels = self._sample(local_labels)
             weight = self.weight[self.sampled_index]
-        cosine = F.linear(F.normalize(embeddings), F.normalize(weight)).float().clamp(-1.0, 1.0)
-        return dist_cross_entropy(self._margin(cosine, local_labels), local_labels)
+        # fp32 with autocast off, like the margin heads (models/heads.py): a bf16 cosine at s = 64 moves
+        # the logits by ~0.25 and the first steps away from the fp32 run's
+        with torch.autocast(embeddings.device.type, enabled=False):
+            cosine = F.linear(F.normalize(embeddings.float()), F.normalize(weight.float())).clamp(-1.0, 1.0)
+            return dist_cross_entropy(self._margin(cosine, local_labels), local_labels)
 
     # -- export and checkpoints (collective calls: every rank must make them) --------------------
     @torch.no_grad()

@@ -154,6 +154,7 @@ _C.SOLVER.COMPILE = False  # torch.compile the student and teacher forward passe
 _C.SOLVER.CHANNELS_LAST = False  # channels_last memory format
 _C.SOLVER.FUSED = False  # fused optimizer kernels (CUDA)
 _C.SOLVER.FAST_PATH = "auto"  # auto: COMPILE + CHANNELS_LAST + FUSED on for CUDA; all: on anywhere; switches: the three keys alone
+_C.SOLVER.CUDNN_BENCHMARK = True  # cuDNN autotuner on CUDA (training shapes are fixed); EXPERIMENT.DETERMINISTIC turns it off
 _C.SOLVER.CHECKPOINT_PERIOD = 1000  # write last.pt every N iterations (and at the end)
 _C.SOLVER.SYNC_BN = False  # convert student BN to SyncBatchNorm under DDP
 _C.SOLVER.PARTIAL_FC = False  # face margin head as Partial FC: class centres sharded over ranks, distributed softmax
