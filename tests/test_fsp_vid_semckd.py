@@ -316,3 +316,14 @@ def test_each_cifar_yaml_trains_with_the_real_trainer(cifar_run, tmp_path, metho
     if method != "fsp":  # the extras travel with the checkpoint
         saved = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
         assert any(k.startswith(f"{EXTRAS[method]}.") for k in saved), sorted(saved)[:5]
+
+
+def test_semckd_mlps_take_the_per_rank_batch(monkeypatch):
+    import kd.semckd as semckd
+
+    monkeypatch.setattr(semckd.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(semckd.dist, "get_world_size", lambda: 4)
+    cfg = load_config(None, ["DISTILL.TYPE", "semckd", "SOLVER.BATCH_SIZE", "32"])
+    method = SemanticCalibrationDistillation.companion(cfg, _probe())
+    assert method.semckd.batch_size == 8  # 32 over 4 processes
+    assert method.semckd.self_attention.key_weight0.linear1.weight.shape == (4, 8)  # 8 -> 2 * (8 // 4)
