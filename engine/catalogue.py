@@ -16,20 +16,16 @@ TOP_LEVEL = ("EXPERIMENT", "DATA", "TEACHER", "STUDENT", "DISTILL", "SOLVER", "E
 
 
 def method_defaults(name: str, cls: type) -> list[tuple[str, Any, str]]:
-    """(KEY, default, doc) of a distiller's `DISTILL.<NAME>` node.
+    """(KEY, default, doc) of a distiller's `DISTILL.<NAME>` node, from the class's `defaults`
+    declaration ({KEY: (default, doc[, choices])}); a method sharing another's node (arcdistill reads
+    ADADISTILL) lists that node's keys."""
+    from utility.config import METHOD_KEY_DOCS, get_defaults
 
-    The class's `defaults` declaration ({KEY: (default, doc)}) when it has one; otherwise the keys of
-    the config schema's node of that name (no doc line there).
-    """
-    declared = getattr(cls, "defaults", None) or {}
-    if declared:
-        return [(key, value[0], value[1]) for key, value in declared.items()]
-    from utility.config import get_defaults
-
-    node = get_defaults().DISTILL.get(name.upper())
+    node_name = cls.config_node or name.upper()
+    node = get_defaults().DISTILL.get(node_name)
     if not isinstance(node, CN):
         return []
-    return [(key, value, "") for key, value in node.items() if not isinstance(value, CN)]
+    return [(key, value, METHOD_KEY_DOCS.get(f"DISTILL.{node_name}.{key}", "")) for key, value in node.items()]
 
 
 def recipes(root: Path = ROOT / "configs") -> dict[str, list[str]]:

@@ -20,12 +20,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utility.config import REGISTRY_KEYS, load_config
+from utility.config import load_config
 from utility.errors import ConfigError, DistilleryError
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
 FLAGS = ("--seeds", "--sweep", "--resume", "--dry-run", "--help", "-h", "--")
+
+#: config keys that name a registry entry, checked before the first run starts
+REGISTRY_KEYS = {
+    "TEACHER.BACKBONE": "backbone",
+    "STUDENT.BACKBONE": "backbone",
+    "TEACHER.HEAD": "head",
+    "STUDENT.HEAD": "head",
+    "DATA.FORMAT": "dataset",
+}
 
 
 def usage(role: str) -> str:
@@ -132,7 +141,7 @@ def _value_folder(value: str) -> str:
 def _check_names(cfg) -> None:
     """Registry names (backbones, heads, datasets, distillers) are checked by builders; check them now."""
     from data import DATASETS
-    from kd import DISTILLERS
+    from kd import method_names
     from models import BACKBONES, HEADS
 
     tables = {"backbone": BACKBONES, "head": HEADS, "dataset": DATASETS}
@@ -141,8 +150,7 @@ def _check_names(cfg) -> None:
         value = str(cfg[section][name])
         if value and not (key == "DATA.FORMAT" and value == "auto"):
             tables[kind].get(value)
-    for name in str(cfg.DISTILL.TYPE).split("+"):
-        DISTILLERS.get(name.strip())
+    method_names(cfg)  # every name in DISTILL.TYPE is a registered distiller
 
 
 def expand(plan: Plan) -> list[Run]:

@@ -20,6 +20,7 @@ from engine.checkpoint import (
 )
 from engine.evaluate import evaluate
 from engine.results import format_table, write_results
+from kd import method_names
 from models import build_network
 from models.network import Network
 from utility.config import load_config
@@ -113,16 +114,8 @@ def dry_run_report(trainer: Any) -> str:
     from engine.catalogue import used_sections
 
     lines.append("resolved config (the sections this run reads; OUTPUT_DIR/config.yaml holds every key):")
-    lines.append(used_sections(trainer.cfg, trainer.role, _method_names(trainer.cfg)))
+    lines.append(used_sections(trainer.cfg, trainer.role, method_names(trainer.cfg)))
     return "\n".join(lines)
-
-
-def _method_names(cfg: Any) -> list[str]:
-    import kd
-
-    if hasattr(kd, "method_names"):
-        return list(kd.method_names(cfg))
-    return [name.strip() for name in str(cfg.DISTILL.TYPE).split("+") if name.strip()]
 
 
 def _num_classes_for_test(cfg: Any, state: dict[str, torch.Tensor] | None, checkpoint: dict | None) -> int:

@@ -45,11 +45,14 @@ def test_catalogue_names_everything_registered():
     assert lines.index("  cifar100:") < lines.index("    kd/: " + ", ".join(grouped["cifar100/kd"]))
 
 
-def test_declared_defaults_win_over_the_schema():
-    class Declared:
-        defaults = {"WEIGHT": (2.5, "weight of the term")}
+def test_listed_keys_are_the_declared_ones_with_their_docs():
+    from kd import DISTILLERS
 
-    assert method_defaults("kd", Declared) == [("WEIGHT", 2.5, "weight of the term")]
+    assert method_defaults("kd", DISTILLERS.get("kd")) == [
+        ("TEMPERATURE", 4.0, "softmax temperature T (loss scaled by T^2)"), ("WEIGHT", 1.0, "weight of the KL term")]
+    shared = dict((key, value) for key, value, _ in method_defaults("cosdistill", DISTILLERS.get("cosdistill")))
+    assert shared["S"] == 64.0 and shared["M"] == 0.45  # cosdistill reads AdaDistill's node
+    assert method_defaults("none", DISTILLERS.get("none")) == []
 
 
 def test_dry_run_sections():
