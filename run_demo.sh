@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 out=outputs/demo
 rm -rf "$out"
 echo "== synthetic face data (demo_data/faces: train.rec/.idx, lfw/cfp_fp/agedb_30.bin)"
-python3 -m data.synthetic faces --out demo_data/faces --identities 20 --images-per-identity 16 --pairs 80
+python3 -m data.synthetic faces --out demo_data/faces --identities 20 --images-per-identity 16 --pairs 400
 echo "== teacher at 112px"
 python3 train_teacher.py --config configs/demo/face_teacher.yaml LOG.PROGRESS False
 for method in none kd a_skd f_skd; do

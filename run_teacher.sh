@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Train a teacher: bash run_teacher.sh CONFIG [--resume] [KEY VALUE ...]
+# Train one or more teachers in sequence, with the same arguments as run_student.sh:
+#   bash run_teacher.sh CONFIG [CONFIG ...] [KEY VALUE ...] [--seeds S ...] [--sweep KEY V1 V2 ...]...
+#                       [--resume] [--dry-run] [-- KEY VALUE ...]
+# Every argument and every resolved config is checked before the first run (engine/launch.py).
 set -euo pipefail
+caller=$PWD
 cd "$(dirname "$0")"
-if [ $# -lt 1 ]; then echo "usage: bash run_teacher.sh CONFIG [--resume] [KEY VALUE ...]" >&2; exit 2; fi
-config=$1; shift
-exec python3 train_teacher.py --config "$config" "$@"
+exec python3 -m engine.launch teacher "$caller" "$@"

@@ -15,7 +15,9 @@ independent of worker count and scheduling, and reproducible after a resume.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +92,9 @@ def build_dataset(cfg: Any, split: str = "train", request: BatchRequest | None =
             raise ConfigError(f"'{key}' is empty; set it to {_FORMATS_HELP}")
         path = resolve_data_path(cfg, raw)
         if not path.exists():
-            raise DataError(f"{key} = {raw!r} resolves to {path}, which does not exist (check DATA.ROOT)")
+            hint = (f"DATA.ROOT is empty: set it to the folder that holds {raw!r}" if not cfg.DATA.ROOT
+                    else "check DATA.ROOT")
+            raise DataError(f"{key} = {raw!r} resolves to {path}, which does not exist ({hint})")
         name = infer_format(path)
     return DATASETS.build(name, cfg=cfg, split=split, request=request)
 
@@ -243,6 +247,33 @@ def _pin_memory(cfg: Any, device: torch.device) -> bool:
     return bool(cfg.DATA.PIN_MEMORY) and device.type == "cuda" and torch.cuda.is_available()
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@functools.cache
+def _note_capped(requested: int, cores: int) -> None:
+    logging.getLogger(__name__).info(
+        "DATA.WORKERS %d exceeds the %d available cores; using %d worker processes", requested, cores, cores)
+
+
+def worker_count(cfg: Any) -> int:
+    """DATA.WORKERS capped at the available cores (more processes than cores only compete).
+
+    The cap is logged once per process (not once per loader); DataLoader's own warning about too
+    many workers then never fires.
+    """
+    requested, cores = int(cfg.DATA.WORKERS), available_cores()
+    if requested > cores:
+        _note_capped(requested, cores)
+        return cores
+    return requested
+
+
 def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, seed: int, rank: int = 0,
                        world_size: int = 1, device: torch.device | str | None = None) -> TrainLoader:
     """Shuffled, sharded, resumable training batches (drop_last: every step sees a full batch).
@@ -256,7 +287,7 @@ def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, see
                                drop_last=True)
     if cfg.DATA.ON_DEVICE and hasattr(dataset, "images"):
         return TrainLoader(dataset, sampler, None, device)
-    workers = int(cfg.DATA.WORKERS)
+    workers = worker_count(cfg)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -271,7 +302,7 @@ def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, see
 
 def build_eval_loader(cfg: Any, dataset: Dataset, batch_size: int) -> DataLoader:
     """Sequential batches over the whole dataset (no shuffling, last batch kept)."""
-    workers = int(cfg.DATA.WORKERS)
+    workers = worker_count(cfg)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -2,8 +2,9 @@
 
 Faces: each identity is a smooth pattern (a face-shaped ellipse whose skin tone and dark "eye/mouth"
 blob layout come from one of a few shared *families*, plus identity-specific blob offsets, face
-shape and tone) overlaid with an identity-specific fine texture (oriented sinusoids of 10-28 cycles
-per image). At 14 px the texture is gone (Nyquist is 7 cycles) and only the family and coarse
+shape and tone) overlaid with an identity-specific fine texture (oriented sinusoids of 8-22 cycles
+per image) that carries most of the identity. At 14 px the texture is gone (Nyquist is 7 cycles;
+nearest downsampling aliases it into pose-dependent noise) and only the family and the small coarse
 offsets remain, so low resolution is genuinely harder than 112 px, as it is for real faces. Each
 sample varies by pose jitter (shift, rotation, scale), background colour, lighting (gain, bias,
 linear gradient) and pixel noise.
@@ -38,6 +39,13 @@ _FAMILY, _IDENTITY, _TRAIN, _EVAL = 1, 2, 3, 4
 # per-set nuisance strength: (pose, lighting); CFP-FP is the pose-heavy set, AgeDB the appearance-heavy one
 _SET_NUISANCE = {"lfw": (1.0, 1.0), "cfp_fp": (1.6, 1.0), "agedb_30": (1.0, 1.6)}
 _BLOBS = 5
+# Where identity lives: a strong fine texture (8-22 cycles per image: above the 7-cycle Nyquist limit
+# of a 14 px view, which aliases it into pose-dependent noise) against small identity-specific
+# changes of the coarse family layout (blob offsets, skin tone) that survive at 14 px.
+_TEXTURE = 26.0  # amplitude of the fine texture (grey levels per sinusoid)
+_CYCLES = (8.0, 22.0)
+_OFFSET = 0.03  # std of the identity's blob offsets from its family layout (face half-widths)
+_TONE = 5.0  # identity skin-tone spread around the family's (grey levels)
 
 
 @dataclass(frozen=True)
@@ -70,20 +78,20 @@ def _identity(seed: int, stream: int, number: int, families: tuple[np.ndarray, n
     y, x = _grid()
     face_h, face_w = rng.uniform(0.78, 0.92), rng.uniform(0.6, 0.76)
     mask = np.clip((1.0 - (y / face_h) ** 2 - (x / face_w) ** 2) * 6.0, 0.0, 1.0)
-    skin = skins[family] + rng.uniform(-12, 12, 3).astype(np.float32)
+    skin = skins[family] + rng.uniform(-_TONE, _TONE, 3).astype(np.float32)
     face = np.broadcast_to(skin, (FACE_SIZE, FACE_SIZE, 3)).copy()
     layout = layouts[family].copy()
-    layout[:, :2] += rng.normal(0, 0.06, (_BLOBS, 2))
+    layout[:, :2] += rng.normal(0, _OFFSET, (_BLOBS, 2))
     layout[:, 2] *= rng.uniform(0.8, 1.25, _BLOBS)
     for cy, cx, radius, darkness in layout:
         face -= (darkness * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * radius**2)))[..., None]
     texture = np.zeros_like(y)
     for _ in range(6):
-        cycles = rng.uniform(10, 28)
+        cycles = rng.uniform(*_CYCLES)
         angle = rng.uniform(0, np.pi)
         phase = rng.uniform(0, 2 * np.pi)
         texture += np.sin(np.pi * cycles * (np.cos(angle) * x + np.sin(angle) * y) + phase)
-    face += (9.0 * texture)[..., None] * rng.uniform(0.5, 1.0, 3).astype(np.float32)
+    face += (_TEXTURE * texture)[..., None] * rng.uniform(0.5, 1.0, 3).astype(np.float32)
     # BGR face premultiplied by its mask, plus the mask: one 4-channel image warps both at once
     template = np.concatenate([face * mask[..., None], mask[..., None]], axis=2)
     return _Identity(np.ascontiguousarray(template, dtype=np.float32))

@@ -50,12 +50,33 @@ def _display(image: np.ndarray, color: str) -> np.ndarray:
     return image[..., ::-1] if color == "bgr" else image
 
 
+def _as_picture(view: Tensor, mean: list[float], std: list[float]) -> np.ndarray:
+    """A normalised N x 3 x H x W batch back to N x H x W x 3 uint8 (still in DATA.COLOR order)."""
+    mean_t = torch.tensor(mean, dtype=view.dtype, device=view.device)[None, :, None, None]
+    std_t = torch.tensor(std, dtype=view.dtype, device=view.device)[None, :, None, None]
+    pixels = ((view * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def student_resolution(cfg: Any) -> int | None:
+    """The side a face student is shown: its training low resolution, else the lowest evaluated one."""
+    size = int(cfg.DATA.IMAGE_SIZE)
+    if cfg.EXPERIMENT.TASK != "face":
+        return None
+    trained = [int(r) for r in cfg.DATA.LOWRES.SIZES if int(r) < size]
+    evaluated = [int(r) for r in cfg.EVAL.RESOLUTIONS if int(r) < size]
+    if trained:
+        return min(trained)
+    return min(evaluated) if evaluated else None
+
+
 def write_attention_maps(cfg: Any, networks: dict[str, nn.Module], count: int, output_dir: str | Path,
                          device: torch.device) -> list[Path]:
     """One PNG per image: the input, then each network's stage maps overlaid on it.
 
-    Face students are shown the probe at the first evaluation resolution below the input size (the
-    view they are trained on); teachers always get the full-resolution image.
+    Face students are shown the probe degraded to their training resolution (the view they learnt
+    from; else the lowest evaluated one); teachers always get the full-resolution image. Each row
+    starts with the image that network actually saw, labelled with its resolution.
     """
     import matplotlib
 
@@ -67,25 +88,27 @@ def write_attention_maps(cfg: Any, networks: dict[str, nn.Module], count: int, o
     batch = normalize(torch.as_tensor(raw).to(device), cfg.DATA.MEAN, cfg.DATA.STD)
     if batch.shape[-1] != size:
         batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
-    low = [int(r) for r in cfg.EVAL.RESOLUTIONS if int(r) < size]
-    all_maps = {}
+    low = student_resolution(cfg)
+    all_maps, seen, sides = {}, {}, {}
     for name, network in networks.items():
-        view = batch
-        if name == "student" and cfg.EXPERIMENT.TASK == "face" and low:
-            view = degrade(batch, low[0], out_size=size, down=cfg.EVAL.DOWN, up=cfg.EVAL.UP)
+        view, sides[name] = batch, size
+        if name == "student" and low is not None:
+            view = degrade(batch, low, out_size=size, down=cfg.EVAL.DOWN, up=cfg.EVAL.UP)
+            sides[name] = low
         network.eval()
         all_maps[name] = [m.cpu().numpy() for m in activation_maps(network, view)]
+        seen[name] = _as_picture(view, list(cfg.DATA.MEAN), list(cfg.DATA.STD))
     out = Path(output_dir) / "attention_maps"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for index, image in enumerate(raw):
-        shown = _display(np.asarray(image), cfg.DATA.COLOR)
+    for index in range(len(raw)):
         rows = len(all_maps)
         cols = 1 + max(len(maps) for maps in all_maps.values())
         figure, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
         for row, (name, maps) in enumerate(all_maps.items()):
+            shown = _display(seen[name][index], cfg.DATA.COLOR)
             axes[row][0].imshow(shown)
-            axes[row][0].set_title(f"{name} input", fontsize=8)
+            axes[row][0].set_title(f"{name} input ({sides[name]} px)", fontsize=8)
             for col in range(1, cols):
                 axis = axes[row][col]
                 if col - 1 < len(maps):

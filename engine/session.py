@@ -20,6 +20,7 @@ from engine.checkpoint import (
 )
 from engine.evaluate import evaluate
 from engine.results import format_table, write_results
+from kd import method_names
 from models import build_network
 from models.network import Network
 from utility.config import load_config
@@ -33,6 +34,7 @@ def run_training(config: str, overrides: Sequence[str], role: str, resume: bool 
                  dry_run: bool = False) -> int:
     """Train (or dry-run) the teacher or the student a config describes."""
     cfg = load_config(config, list(overrides))
+    apply_thread_count(cfg)
     env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
     try:
         setup_logging(None if dry_run else cfg.EXPERIMENT.OUTPUT_DIR, env.rank)
@@ -52,6 +54,17 @@ def run_training(config: str, overrides: Sequence[str], role: str, resume: bool 
         dist.cleanup()
 
 
+def apply_thread_count(cfg: Any) -> None:
+    """EXPERIMENT.THREADS > 0: fix torch's CPU thread count, whatever OMP_NUM_THREADS or the core count.
+
+    CPU kernels split reductions (convolution weight gradients, batch-norm statistics, sums) into
+    per-thread partial sums, so the float result of a run depends on the thread count; fixing it
+    makes a CPU run repeat bit for bit on any machine with the same instruction set.
+    """
+    if int(cfg.EXPERIMENT.THREADS) > 0:
+        torch.set_num_threads(int(cfg.EXPERIMENT.THREADS))
+
+
 def count_parameters(module: torch.nn.Module | None) -> tuple[int, int]:
     """(all, trainable) parameter counts."""
     if module is None:
@@ -61,7 +74,7 @@ def count_parameters(module: torch.nn.Module | None) -> tuple[int, int]:
 
 
 def flops_per_image(network: torch.nn.Module, image_size: int, device: torch.device) -> int:
-    """Forward FLOPs of one image by torch's flop counter (2 per multiply-accumulate)."""
+    """Forward FLOPs of one image by torch's flop counter (2 per multiply-accumulate: MACs = FLOPs / 2)."""
     was_training = network.training
     network.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -70,8 +83,13 @@ def flops_per_image(network: torch.nn.Module, image_size: int, device: torch.dev
     return int(counter.get_total_flops())
 
 
+def compute_label(flops: int) -> str:
+    """Both conventions, labelled: KD papers tabulate multiply-accumulates under the name FLOPs."""
+    return f"{flops / 1e9:.3f} GFLOPs ({flops / 2e9:.3f} GMACs, the 'FLOPs' of KD papers' tables)/image"
+
+
 def dry_run_report(trainer: Any) -> str:
-    """One forward/backward on one batch, then sizes, FLOPs and the resolved config."""
+    """One forward/backward on one batch, then sizes, FLOPs / MACs and the config sections the run uses."""
     batch = next(iter(trainer.loader))
     total, terms = trainer.train_step(batch)
     if not torch.isfinite(total):
@@ -87,14 +105,16 @@ def dry_run_report(trainer: Any) -> str:
         f"training set: {len(trainer.dataset)} images, {trainer.num_classes} classes; "
         f"{trainer.plan.total_iters} iterations of batch {trainer.plan.global_batch}",
         f"trained network: {student_all:,} parameters ({student_train:,} trainable), "
-        f"{flops_per_image(distiller.student, size, trainer.device) / 1e9:.3f} GFLOPs/image",
+        + compute_label(flops_per_image(distiller.student, size, trainer.device)),
     ]
     if distiller.teacher is not None:
         teacher_flops = flops_per_image(distiller.teacher.network, size, trainer.device)
-        lines.append(f"teacher: {teacher_all:,} parameters (frozen), {teacher_flops / 1e9:.3f} GFLOPs/image")
+        lines.append(f"teacher: {teacher_all:,} parameters (frozen), {compute_label(teacher_flops)}")
     lines.append(f"method extras: {extras:,} trainable parameters")
-    lines.append("resolved config:")
-    lines.append(trainer.cfg.dump())
+    from engine.catalogue import used_sections
+
+    lines.append("resolved config (the sections this run reads; OUTPUT_DIR/config.yaml holds every key):")
+    lines.append(used_sections(trainer.cfg, trainer.role, method_names(trainer.cfg)))
     return "\n".join(lines)
 
 
@@ -123,10 +143,46 @@ def load_for_test(cfg: Any, node: Any, path: str | Path, device: torch.device) -
     return network.to(device).eval()
 
 
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> tuple[Any, str]:
+    """A finished run's own resolved `config.yaml` (OUTPUT_DIR = the folder itself) and its role.
+
+    The recipe file alone would forget every command-line override the run was trained with
+    (its DATA.ROOT, its SOLVER keys, its seed); the resolved copy has them all.
+    """
+    folder = Path(run_dir)
+    config = folder / "config.yaml"
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such run folder (give a folder that training wrote, or --config FILE)")
+    if not config.is_file():
+        raise ConfigError(f"{folder}: no config.yaml in this folder; is it a run folder? (or use --config FILE)")
+    role = "student"
+    info = folder / "run.json"
+    if info.is_file():
+        import json
+
+        try:
+            role = json.loads(info.read_text()).get("role", "student")
+        except json.JSONDecodeError:
+            raise ConfigError(f"{info}: not valid JSON; fix or delete it") from None
+    cfg = load_config(config, [*overrides, "EXPERIMENT.OUTPUT_DIR", str(folder)])
+    return cfg, role
+
+
 def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teacher: bool = False,
-             output: str = "", attention_maps: int = 0) -> int:
-    """Evaluate checkpoints and write results.json / results.md."""
-    cfg = load_config(config, list(overrides))
+             output: str = "", attention_maps: int = 0, run_dir: str = "") -> int:
+    """Evaluate checkpoints and write results.json / results.md.
+
+    With `run_dir` the run's own config.yaml is used and its last.pt / best.pt are evaluated, as the
+    network its run.json says it trained (a teacher run evaluates TEACHER).
+    """
+    trained_teacher = False
+    if run_dir:
+        cfg, role = load_run_config(run_dir, overrides)
+        trained_teacher = role == "teacher"
+        teacher = teacher or trained_teacher
+    else:
+        cfg = load_config(config, list(overrides))
+    apply_thread_count(cfg)
     env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
     setup_logging(None, env.rank)
     if not env.is_main:  # evaluation is not sharded: under torchrun rank 0 alone evaluates and writes
@@ -136,7 +192,7 @@ def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teache
     run_dir = Path(cfg.EXPERIMENT.OUTPUT_DIR)
     if checkpoint:
         targets = {"last": Path(checkpoint)}
-    elif teacher:
+    elif teacher and not trained_teacher:
         if not cfg.TEACHER.CHECKPOINT:
             raise ConfigError("--teacher: set TEACHER.CHECKPOINT or pass --checkpoint")
         targets = {"last": Path(cfg.TEACHER.CHECKPOINT)}

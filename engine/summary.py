@@ -22,6 +22,7 @@ import yaml
 from utility.errors import DataError
 
 IGNORED_FOR_GROUPING = (("EXPERIMENT", "SEED"), ("EXPERIMENT", "OUTPUT_DIR"), ("EXPERIMENT", "NAME"))
+BASELINE = "baseline (no distillation)"
 
 
 @dataclass
@@ -33,11 +34,11 @@ class Run:
 
     @property
     def method(self) -> str:
-        """Row name: `teacher`, `student` (the student trained alone, DISTILL.TYPE none) or the method."""
+        """Row name: `teacher`, BASELINE (the student trained alone, DISTILL.TYPE none) or the method."""
         if self.role == "teacher":
             return "teacher"
         method = str(self.config.get("DISTILL", {}).get("TYPE", "none"))
-        return "student" if method == "none" else method
+        return BASELINE if method == "none" else method
 
     @property
     def folder_label(self) -> str:
@@ -105,7 +106,7 @@ def _scores(run: Run, variant: str) -> dict[str, float]:
         student = _short(run.config.get("STUDENT", {}).get("BACKBONE"))
         if run.method == "teacher":
             column = teacher
-        elif run.method == "student":
+        elif run.method == BASELINE:
             column = student
         else:
             column = f"{teacher}{PAIR}{student}"
@@ -120,38 +121,76 @@ def _scores(run: Run, variant: str) -> dict[str, float]:
 Cells = dict[tuple[str, str], dict[str, list[float]]]
 
 
+def _leaves(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _differences(groups: list[list[Run]]) -> list[dict[str, Any]]:
+    """Per group: the config keys (SEED / OUTPUT_DIR / NAME aside) whose values differ between groups."""
+    ignored = {f"{section}.{key}" for section, key in IGNORED_FOR_GROUPING}
+    flats = [{k: v for k, v in _leaves(members[0].config).items() if k not in ignored} for members in groups]
+    keys = sorted({k for flat in flats for k in flat if len({json.dumps(f.get(k)) for f in flats}) > 1})
+    return [{k: flat.get(k) for k in keys} for flat in flats]
+
+
+def _order(method: str) -> tuple[int, str]:
+    """Published tables' row order: teacher, the baseline, single methods, then combinations."""
+    if method == "teacher":
+        return (0, "")
+    if method == BASELINE:
+        return (1, "")
+    return (3 if "+" in method else 2, "")
+
+
+def _value_order(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, json.dumps(value))
+
+
+def labelled_groups(runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
+    """(row label, method, runs) per seed group, in table order (see `summarise`)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group_key(), []).append(run)
+    by_method: dict[str, list[list[Run]]] = {}
+    for members in groups.values():
+        by_method.setdefault(members[0].method, []).append(members)
+    ordered = []
+    for method in sorted(by_method, key=_order):  # stable: first-seen order within a class
+        member_groups = by_method[method]
+        spans = [{c for run in members for v in ("best", "last") for c in _scores(run, v)} for members in member_groups]
+        clashing = [i for i, span in enumerate(spans) if any(span & other for j, other in enumerate(spans) if j != i)]
+        ordered += [(method, method, members) for i, members in enumerate(member_groups) if i not in clashing]
+        if clashing:
+            differences = _differences([member_groups[i] for i in clashing])
+            for k in sorted(range(len(clashing)), key=lambda k: [_value_order(v) for v in differences[k].values()]):
+                text = ", ".join(f"{key}={value}" for key, value in differences[k].items())
+                ordered.append((f"{method} ({text})", method, member_groups[clashing[k]]))
+    return ordered
+
+
 def summarise(runs: list[Run]) -> tuple[list[str], list[str], Cells]:
     """(row labels, column labels, {(row, column): {'best': [...], 'last': [...]}}) over seed groups.
 
     Runs whose configs differ only in EXPERIMENT.SEED / OUTPUT_DIR / NAME are one group, whose
-    values are the seeds of one cell. When two different configs of one method would land in the
-    same cell (e.g. two temperatures), their rows are told apart by the runs' labels instead of
-    being averaged together. The teacher and the lone student of a classification pair fill every
-    pair column with that teacher / student (as the seeds' README tables show them).
+    values are the seeds of one cell. When several configs of one method land in the same cells (a
+    sweep of a temperature, a learning rate), each is its own row labelled by the values that set it
+    apart, `kd (DISTILL.KD.TEMPERATURE=2.0)`, sorted by those values. Rows follow the published
+    tables: teacher, the no-distillation baseline, methods, combinations (`dct+kd`). The teacher and
+    the baseline of a classification pair fill every pair column with that teacher / student.
     """
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.group_key(), []).append(run)
-    claimed: dict[tuple[str, str], int] = {}
-    for members in groups.values():
-        for column in {c for run in members for v in ("best", "last") for c in _scores(run, v)}:
-            key = (members[0].method, column)
-            claimed[key] = claimed.get(key, 0) + 1
     rows: list[str] = []
     kinds: dict[str, str] = {}
-    owner: dict[str, str] = {}  # row -> group key
     columns: list[str] = []
     cells: Cells = {}
-    for key, members in groups.items():
-        method, first = members[0].method, members[0]
-        row = method
-        if any(claimed[(method, c)] > 1 for run in members for v in ("best", "last") for c in _scores(run, v)):
-            for candidate in (first.label, first.folder_label, str(first.folder)):
-                row = f"{method} ({candidate})"
-                if owner.get(row, key) == key:
-                    break
-        owner.setdefault(row, key)
-        rows += [row] if row not in rows else []
+    for row, method, members in labelled_groups(runs):
+        if row not in rows:
+            rows.append(row)
         kinds[row] = method
         for run in members:
             for variant in ("best", "last"):
@@ -167,7 +206,7 @@ def _spread_over_pairs(rows: list[str], kinds: dict[str, str], columns: list[str
     pairs = [c for c in columns if PAIR in c]
     moved: set[str] = set()
     for row in rows:
-        side = {"teacher": 0, "student": 1}.get(kinds[row])
+        side = {"teacher": 0, BASELINE: 1}.get(kinds[row])
         if side is None:
             continue
         for column in [c for c in columns if PAIR not in c and (row, c) in cells]:
@@ -188,6 +227,48 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {float(np.std(values)):.2f}"
 
 
+def _resolution_means(run: Run) -> dict[str, tuple[float, float]]:
+    """Face: per probe resolution, (mean accuracy over the sets, its standard error), both in %.
+
+    Each set's accuracy over n pairs is a binomial proportion, standard error sqrt(p (1 - p) / n);
+    the mean of S sets has sqrt(sum_s p_s (1 - p_s) / n_s) / S. Read a gap between two rows as
+    real only when it exceeds these.
+    """
+    entry = run.results.get("last") or run.results
+    if entry.get("task") == "classification":
+        return {}
+    by_column: dict[str, list[tuple[float, int]]] = {}
+    for data in entry.get("sets", {}).values():
+        for column, metrics in data["results"].items():
+            by_column.setdefault(column, []).append((float(metrics["accuracy"]), int(data.get("pairs", 0))))
+    means = {}
+    for column, values in by_column.items():
+        if any(n <= 0 for _, n in values):
+            continue
+        mean = sum(p for p, _ in values) / len(values)
+        error = float(np.sqrt(sum(p * (1 - p) / n for p, n in values))) / len(values)
+        means[column] = (100.0 * mean, 100.0 * error)
+    return means
+
+
+def face_means_markdown(runs: list[Run]) -> str:
+    """Face runs of one seed each: the mean over sets per resolution ± its standard error ('' otherwise)."""
+    groups = labelled_groups(runs)
+    if any(len(members) > 1 for _, _, members in groups) or any(run.task != "face" for run in runs):
+        return ""  # with seeds, the table's ± (spread over seeds) is the number that matters
+    means = {row: _resolution_means(members[0]) for row, _, members in groups}
+    columns = sorted({c for values in means.values() for c in values}, key=lambda c: (len(c), c))
+    if not columns:
+        return ""
+    lines = ["| method | " + " | ".join(f"mean @{c} ± s.e." for c in columns) + " |",
+             "|" + "|".join("---" for _ in range(len(columns) + 1)) + "|"]
+    for row, _, _ in groups:
+        values = means[row]
+        lines.append("| " + " | ".join([row] + [f"{values[c][0]:.2f} ± {values[c][1]:.2f}" if c in values else "–"
+                                               for c in columns]) + " |")
+    return "\n".join(lines)
+
+
 def summary_markdown(runs: list[Run]) -> str:
     """Markdown table: one row per method, each column 'best / last' (mean ± std over seeds)."""
     rows, columns, cells = summarise(runs)
@@ -199,9 +280,17 @@ def summary_markdown(runs: list[Run]) -> str:
             cell = cells.get((row, column), {"best": [], "last": []})
             values.append(f"{_cell(cell['best'])} / {_cell(cell['last'])}")
         lines.append("| " + " | ".join([row] + values) + " |")
-    seeds = max(len(v["last"]) for v in cells.values()) if cells else 0
+    counts = sorted({len(v["last"]) for v in cells.values()}) or [0]
+    seeds = f"{counts[-1]} seed{'s' if counts[-1] != 1 else ''} per cell"
+    if len(counts) > 1:
+        seeds = f"{counts[0]} to {seeds}"
     lines.append("")
-    lines.append(f"Scores in %; {len(runs)} runs; up to {seeds} seeds per cell (mean ± population std).")
+    lines.append(f"Scores in %; {len(runs)} run{'s' if len(runs) != 1 else ''}; {seeds}"
+                 + (" (mean ± population std)" if counts[-1] > 1 else "") + ".")
+    means = face_means_markdown(runs)
+    if means:
+        lines += ["", "Mean over the verification sets (last checkpoint) ± its standard error, from the pair counts "
+                  "(sqrt(p(1-p)/n) per set): a gap smaller than these is noise.", means]
     return "\n".join(lines)
 
 

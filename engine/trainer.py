@@ -426,6 +426,8 @@ class Trainer:
                 bad |= ~torch.isfinite(total)
                 self.iteration += 1
                 seen += plan.global_batch
+                if window and window[-1].keys() != terms.keys():  # init stage -> main stage
+                    window = []
                 window.append(terms)
                 at_log = self.iteration % cfg.LOG.PERIOD == 0 or self.iteration == plan.total_iters
                 at_ckpt = self.iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or self.iteration == plan.total_iters
@@ -477,7 +479,8 @@ class Trainer:
         if progress is not None:
             progress.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "lr": f"{lr:.3g}",
                                   "img/s": f"{images_per_s:.0f}"}, refresh=False)
-        log.debug("iteration %d: %s", self.iteration, values)
+        log.info("iteration %d/%d: %s lr %.4g, %.0f images/s", self.iteration, self.plan.total_iters,
+                 " ".join(f"{k} {v:.4f}" for k, v in values.items()), lr, images_per_s)
 
 
 def _is_shard_shaped(value: Any, head: PartialFC) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -34,6 +35,7 @@ def common(root: Path, out: Path) -> list[str]:
         "DATA.TRAIN", "train.rec", "DATA.WORKERS", "0", "EVAL.SETS", "['lfw.bin']", "EVAL.FOLDS", "2",
         "EVAL.BATCH_SIZE", "20", "EVAL.ROC", "False",
         "SOLVER.BATCH_SIZE", "8", "SOLVER.MAX_ITERS", "2", "LOG.PROGRESS", "False", "LOG.TENSORBOARD", "False",
+        "LOG.PERIOD", "1",
     ]
 
 
@@ -67,8 +69,39 @@ def test_teacher_student_test_pipeline(face_root, tmp_path):
     dry = run("train_student.py", "--config", "configs/demo/face_student.yaml", "--dry-run",
               *common(face_root, tmp_path / "dry"), *node("TEACHER"), *node("STUDENT"),
               "TEACHER.CHECKPOINT", str(teacher_out / "last.pt"))
-    assert "GFLOPs/image" in dry.stdout and "parameters" in dry.stdout
+    assert "GFLOPs (" in dry.stdout and "GMACs" in dry.stdout and "parameters" in dry.stdout
+    # only the sections the run reads: kd's node, not another method's
+    assert "KD:" in dry.stdout and "CRD:" not in dry.stdout and "A_SKD:" not in dry.stdout
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
+
+    # test.py on the run folder: its own config.yaml (DATA.ROOT, EVAL.SETS ... from the command line
+    # above, which the recipe does not have), called from another folder
+    before = (student_out / "results.json").read_text()
+    (student_out / "results.json").unlink()
+    folder_test = subprocess.run([sys.executable, str(ROOT / "test.py"), str(student_out)], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=600)
+    assert folder_test.returncode == 0, folder_test.stderr[-2000:]
+    rerun = json.loads((student_out / "results.json").read_text())
+    assert set(rerun["last"]["sets"]["lfw"]["results"]) == {"14"}  # the run's EVAL.RESOLUTIONS, not the recipe's
+    assert rerun["last"]["sets"]["lfw"]["results"]["14"] == json.loads(before)["last"]["sets"]["lfw"]["results"]["14"]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        exported = run("test.py", str(student_out), "--export-onnx", str(tmp_path / "student.onnx"))
+        assert (tmp_path / "student.onnx").is_file() and "BGR order" in exported.stdout
+        assert "mean [0.5, 0.5, 0.5]" in exported.stdout and "N x 32" in exported.stdout
+    flagged = run("test.py", "--run", str(teacher_out))  # a teacher run evaluates its TEACHER network
+    assert "112" in flagged.stdout
+
+    # log.txt: one line per LOG.PERIOD iteration with the loss terms, lr and throughput
+    log_lines = [line for line in (student_out / "log.txt").read_text().splitlines() if "iteration 1/2:" in line
+                 or "iteration 2/2:" in line]
+    assert any(" ce " in line and " kd " in line and " lr " in line and "images/s" in line for line in log_lines)
+
+
+def test_run_folder_errors_are_one_line(tmp_path):
+    result = run("test.py", str(tmp_path), check=False)
+    assert result.returncode == 2 and "no config.yaml" in result.stderr and "Traceback" not in result.stderr
+    result = run("test.py", check=False)
+    assert result.returncode == 2 and "RUN_DIR" in result.stderr
 
 
 def test_config_typo_exits_2_with_one_line(face_root, tmp_path):

@@ -60,6 +60,8 @@ def cell(values: list[float]) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
+BASELINE = "baseline (no distillation)"
+KD2, KD4 = "kd (DISTILL.KD.TEMPERATURE=2.0)", "kd (DISTILL.KD.TEMPERATURE=4.0)"
 KD_BEST, KD_LAST = [74.0, 75.0, 76.5], [73.0, 74.5, 75.25]
 BASE_BEST, BASE_LAST = [72.0, 73.0], [71.5, 72.1]
 
@@ -91,13 +93,15 @@ def test_markdown_mean_and_population_std_over_seeds(cifar_runs):
     assert len(runs) == 7
     table = table_cells(summary_markdown(runs))
     assert table["method"] == [f"{PAIR} (best / last)"]
-    assert table["kd (kd-1)"] == [f"{cell(KD_BEST)} / {cell(KD_LAST)}"]
-    assert table["kd (kd_t2)"] == ["70.00 / 69.00"]
+    assert table[KD4] == [f"{cell(KD_BEST)} / {cell(KD_LAST)}"]
+    assert table[KD2] == ["70.00 / 69.00"]
     # the teacher and the student trained alone fill the pair column they belong to
     assert table["teacher"] == ["79.00 / 78.50"]
-    assert table["student"] == [f"{cell(BASE_BEST)} / {cell(BASE_LAST)}"]
+    assert table[BASELINE] == [f"{cell(BASE_BEST)} / {cell(BASE_LAST)}"]
+    # published order: teacher, baseline, then the method's rows by the swept value
+    assert [row for row in table if row not in ("method", "---")] == ["teacher", BASELINE, KD2, KD4]
     # a concrete hand value: (74 + 75 + 76.5) / 3 = 75.1667, population std sqrt(3.1667 / 3) = 1.0274
-    assert table["kd (kd-1)"][0].startswith("75.17 ± 1.03 / ")
+    assert table[KD4][0].startswith("75.17 ± 1.03 / ")
 
 
 def test_grouping_ignores_only_seed_output_dir_and_name(tmp_path):
@@ -107,16 +111,17 @@ def test_grouping_ignores_only_seed_output_dir_and_name(tmp_path):
     write_run(runs_dir / "c", cifar_config(1, name="c", out="z", lr=0.1), top1(50.0), top1(50.0))
     rows, columns, cells = summarise(find_runs([runs_dir]))
     assert columns == [PAIR]
-    assert rows == ["kd (a)", "kd (c)"]  # a and b are seeds of one config; c differs in SOLVER.LR
-    assert cells[("kd (a)", PAIR)] == {"best": [60.0, 62.0], "last": [60.0, 62.0]}
-    assert cells[("kd (c)", PAIR)] == {"best": [50.0], "last": [50.0]}
+    # a and b are seeds of one config; c differs in SOLVER.LR, which labels the rows
+    assert rows == ["kd (SOLVER.LR=0.05)", "kd (SOLVER.LR=0.1)"]
+    assert cells[("kd (SOLVER.LR=0.05)", PAIR)] == {"best": [60.0, 62.0], "last": [60.0, 62.0]}
+    assert cells[("kd (SOLVER.LR=0.1)", PAIR)] == {"best": [50.0], "last": [50.0]}
 
 
 def test_csv_rows(cifar_runs):
     rows = list(csv.DictReader(io.StringIO(summary_csv(find_runs([cifar_runs])))))
     by_key = {(r["method"], r["column"], r["variant"]): r for r in rows}
     for variant, values in (("best", KD_BEST), ("last", KD_LAST)):
-        found = by_key[("kd (kd-1)", PAIR, variant)]
+        found = by_key[(KD4, PAIR, variant)]
         mean, std = mean_std(values)
         assert float(found["mean"]) == pytest.approx(mean, abs=1e-4)
         assert float(found["std"]) == pytest.approx(std, abs=1e-4)
@@ -185,9 +190,34 @@ def test_run_student_two_seeds_then_summary_and_curves(tmp_path):
     assert shown.returncode == 0, shown.stderr[-2000:]
     table = table_cells(shown.stdout)
     assert table["method"] == ["resnet8 (best / last)"]
+    assert "2 seeds per cell" in shown.stdout
     tops = [json.loads((tmp_path / "out" / f"seed{s}" / "results.json").read_text())["last"]["top1"]
             for s in (3, 4)]
-    assert table["student"][0].endswith(f" / {cell(tops)}")
+    assert table[BASELINE][0].endswith(f" / {cell(tops)}")
     rows = list(csv.DictReader(csv_path.open()))
-    assert {(r["method"], r["variant"], r["seeds"]) for r in rows} == {("student", "best", "2"),
-                                                                      ("student", "last", "2")}
+    assert {(r["method"], r["variant"], r["seeds"]) for r in rows} == {(BASELINE, "best", "2"),
+                                                                      (BASELINE, "last", "2")}
+
+
+def test_rows_in_published_order_and_one_seed(tmp_path):
+    runs_dir = tmp_path / "runs"
+    for folder, method in (("a_combo", "dct+kd"), ("b_kd", "kd"), ("c_none", "none"), ("d_at", "at")):
+        write_run(runs_dir / folder, cifar_config(0, method, name=folder, out=folder), top1(60.0), top1(60.0))
+    write_run(runs_dir / "z_teacher", {**cifar_config(0, "none", "t"), "STUDENT": {"BACKBONE": ""}},
+              top1(79.0), top1(79.0), role="teacher")
+    text = summary_markdown(find_runs([runs_dir]))
+    assert [row for row in table_cells(text) if row not in ("method", "---")] == ["teacher", BASELINE, "kd", "at", "dct+kd"]
+    assert "1 seed per cell." in text and "seeds" not in text
+
+
+def test_swept_values_are_rows_with_mean_and_std(tmp_path):
+    """What run_student.sh --sweep writes: <OUTPUT_DIR>/<KEY>=<V>/seed<S>."""
+    runs_dir = tmp_path / "sweep"
+    values = {2.0: [70.0, 71.0], 8.0: [72.0, 75.0]}
+    for temperature, scores in values.items():
+        for seed, score in enumerate(scores):
+            folder = runs_dir / f"DISTILL.KD.TEMPERATURE={temperature}" / f"seed{seed}"
+            write_run(folder, cifar_config(seed, out=str(folder), temperature=temperature), top1(score), top1(score))
+    table = table_cells(summary_markdown(find_runs([runs_dir])))
+    assert table["kd (DISTILL.KD.TEMPERATURE=2.0)"] == [f"{cell(values[2.0])} / {cell(values[2.0])}"]
+    assert table["kd (DISTILL.KD.TEMPERATURE=8.0)"] == ["73.50 ± 1.50 / 73.50 ± 1.50"]  # (72+75)/2, |75-72|/2

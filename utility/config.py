@@ -32,6 +32,7 @@ _C.EXPERIMENT.OUTPUT_DIR = "outputs/default"  # checkpoints, logs, config.yaml, 
 _C.EXPERIMENT.SEED = 0  # seeds Python, NumPy, torch and every data worker
 _C.EXPERIMENT.DEVICE = "auto"  # "auto" (cuda if available), "cpu" or "cuda" ("cuda:N" also accepted)
 _C.EXPERIMENT.DETERMINISTIC = False  # ask torch for deterministic kernels (slower on CUDA)
+_C.EXPERIMENT.THREADS = 0  # CPU threads of torch's kernels; >0 fixes it (CPU reductions depend on the count); 0 = torch's default
 
 # ---------------------------------------------------------------------------------------------
 _C.DATA = CN()
@@ -347,6 +348,8 @@ def validate(cfg: CN, source: str = "config") -> None:
     device = cfg.EXPERIMENT.DEVICE
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"{source}: 'EXPERIMENT.DEVICE' must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if cfg.EXPERIMENT.THREADS < 0:
+        raise ConfigError(f"{source}: 'EXPERIMENT.THREADS' must be 0 (torch's default) or a positive count")
     if cfg.SOLVER.BATCH_SIZE <= 0:
         raise ConfigError(f"{source}: 'SOLVER.BATCH_SIZE' must be positive")
     if cfg.SOLVER.MAX_ITERS <= 0 and cfg.SOLVER.EPOCHS <= 0:
