@@ -8,7 +8,8 @@ RUN_DIR is a finished run's folder: it is evaluated with its own resolved config
 it was trained with) and its last.pt / best.pt, as a teacher or a student as its run.json says.
 Without --checkpoint the run's OUTPUT_DIR/last.pt and best.pt are both evaluated (best and last
 epoch side by side). --summary collects many runs' results into one table (rows = methods,
-columns = teacher/student pairs or set @ resolution, mean ± std over seeds).
+columns = teacher/student pairs or set @ resolution, mean ± std over seeds). IJB-B/C and TinyFace are
+evaluated through config keys: EVAL.IJB.ROOT DIR and/or EVAL.TINYFACE.ROOT DIR (README, face benchmarks).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train STUDENT with the distiller DISTILL.TYPE names, from the frozen teacher in TEACHER.CHECKPOINT.
 
-    python train_student.py --config configs/demo/face_student.yaml [--resume] [--dry-run] [KEY VALUE ...]
+    python train_student.py --config configs/demo/face_student.yaml [KEY VALUE ...] [--resume [auto] | --overwrite] [--dry-run]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train the network that TEACHER describes, on labels alone (no distiller), and save its checkpoint.
 
-    python train_teacher.py --config configs/demo/face_teacher.yaml [--resume] [--dry-run] [KEY VALUE ...]
+    python train_teacher.py --config configs/demo/face_teacher.yaml [KEY VALUE ...] [--resume [auto] | --overwrite] [--dry-run]
 """
 
 from __future__ import annotations

@@ -25,12 +25,14 @@ from data import DATASETS
 from data.lists import read_image, read_image_list, scan_class_folders
 from data.loader import sample_epoch, sample_rng
 from data.lowres import random_degrade_opencv
-from data.recordio import RecordIO, decode_image
+from data.recordio import RecordIO, decode_image, label_range, label_value
 from data.requests import NOTHING_EXTRA, BatchRequest
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
+
+MAX_CLASSES = 1 << 24  # sane bound on a label read from a file (WebFace42M has 2 M identities)
 
 
 def _split_path(cfg: Any, split: str) -> Path:
@@ -142,14 +144,16 @@ class FaceRecordIO(FaceDataset):
 
     def _scan(self) -> tuple[np.ndarray, int]:
         record = self.record
+        count = len(record)  # every number read from the headers is checked against this
         header0 = record.read_header(0) if 0 in record else None
         if header0 is not None and header0.flag > 0:
-            first_identity, end = int(header0.label[0]), int(header0.label[1])
+            first_identity, end = label_range(header0, f"{record.rec_path}: header record 0", 1, count + 1)
             self.keys = np.arange(1, first_identity, dtype=np.int64)
             labels = np.full(len(self.keys), -1, dtype=np.int64)
             for label, identity_key in enumerate(range(first_identity, end)):
-                ranges = record.read_header(identity_key).label
-                labels[int(ranges[0]) - 1 : int(ranges[1]) - 1] = label
+                start, stop = label_range(record.read_header(identity_key),
+                                          f"{record.rec_path}: identity record {identity_key}", 1, first_identity)
+                labels[start - 1 : stop - 1] = label
             if (labels < 0).any():
                 logger.info("%s: identity records do not cover every image; reading image headers", record.rec_path)
                 labels = np.asarray([self._header_label(int(k)) for k in self.keys], dtype=np.int64)
@@ -163,8 +167,8 @@ class FaceRecordIO(FaceDataset):
         return labels, max(num_classes, int(labels.max()) + 1)
 
     def _header_label(self, key: int) -> int:
-        header = self.record.read_header(key)
-        return int(header.label[0]) if header.flag > 0 else int(header.label)
+        """A label from an image header: a whole number below MAX_CLASSES (it sizes the head)."""
+        return label_value(self.record.read_header(key), f"{self.record.rec_path}: record {key}", MAX_CLASSES)
 
     def load_image(self, index: int) -> np.ndarray:
         key = int(self.keys[index])

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data import DATASETS
+from data.bad_samples import SkipBadSamples
 from data.requests import BatchRequest
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
@@ -289,7 +290,7 @@ def build_train_loader(cfg: Any, dataset: Dataset, batch_size_per_rank: int, see
         return TrainLoader(dataset, sampler, None, device)
     workers = worker_count(cfg)
     loader = DataLoader(
-        dataset,
+        SkipBadSamples(dataset),  # an undecodable sample is replaced and counted, not fatal
         batch_sampler=sampler,
         num_workers=workers,
         worker_init_fn=_SeedWorker(seed, rank) if workers > 0 else None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import mmap
 import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -79,9 +80,15 @@ def read_bin_payloads(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     if not path.is_file():
         raise DataError(f"verification set not found: {path}")
     try:
-        with open(path, "rb") as handle:
-            content = _BinUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        # Unpickled from a memory map, not the file object: a FRAME or BINBYTES opcode that declares
+        # more bytes than the file holds then reads only what is there (and fails as truncated)
+        # instead of allocating the declared size.
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            content = _BinUnpickler(mapped, encoding="bytes").load()
+    except MemoryError:
+        raise DataError(f"{path}: declares objects larger than memory; not an insightface .bin file") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            OverflowError, KeyError) as exc:
         raise DataError(f"{path}: not a readable insightface .bin verification file ({exc})") from None
     if not (isinstance(content, (tuple, list)) and len(content) == 2):
         raise DataError(f"{path}: expected a pickled (images, issame) pair, got {type(content).__name__}")

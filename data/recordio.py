@@ -75,6 +75,27 @@ def unpack(record: bytes, source: str = "record") -> tuple[IRHeader, bytes]:
     return IRHeader(flag, label, rec_id, rec_id2), bytes(record[start:])
 
 
+def label_range(header: IRHeader, source: str, low: int, high: int) -> tuple[int, int]:
+    """The [start, end) key range a header record's two labels give, checked to be finite whole
+    numbers with low <= start <= end <= high: the values come from the file and size allocations."""
+    values = np.atleast_1d(np.asarray(header.label, dtype=np.float64))
+    if header.flag < 2 or len(values) < 2:
+        raise DataError(f"{source}: expected a header with two labels (a key range), got {header.label!r}")
+    start, end = float(values[0]), float(values[1])
+    if not all(np.isfinite(v) and v == int(v) for v in (start, end)) or not low <= start <= end <= high:
+        raise DataError(f"{source}: key range [{start:g}, {end:g}) is not a range of whole numbers within "
+                        f"[{low}, {high}]; the header record is corrupt (rebuild the .rec or its header)")
+    return int(start), int(end)
+
+
+def label_value(header: IRHeader, source: str, high: int) -> int:
+    """A sample's class label from its header: a finite whole number in [0, high)."""
+    value = float(header.label[0]) if header.flag > 0 else float(header.label)
+    if not (np.isfinite(value) and value == int(value) and 0 <= value < high):
+        raise DataError(f"{source}: label {value:g} is not a class index in [0, {high}); the record is corrupt")
+    return int(value)
+
+
 def pack(label: float | Sequence[float] | np.ndarray, payload: bytes, rec_id: int, rec_id2: int = 0) -> bytes:
     """Header + payload as `mx.recordio.pack` builds it: flag = 0 for a scalar, len(label) otherwise."""
     if np.ndim(label) == 0:
@@ -206,6 +227,9 @@ class RecordIO:
                 "or the .idx does not belong to it"
             )
         cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        if offset + _PART_HEADER.size + length > self._size:  # never allocate what the file cannot hold
+            raise DataError(f"{where}: part announces {length} bytes but the file ends after "
+                            f"{self._size - offset - _PART_HEADER.size} (truncated or corrupt .rec)")
         data = handle.read(length)
         if len(data) < length:
             raise DataError(f"{where}: part of {length} bytes is truncated after {len(data)} bytes")

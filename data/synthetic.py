@@ -17,6 +17,8 @@ the conversion script's `image/<label>/<key>.jpg` + `train.list` + `evaluation/<
     python -m data.synthetic faces --out DIR [--identities N] [--images-per-identity M] [--pairs P] [--seed S]
     python -m data.synthetic cifar --out DIR [...]    (data.synthetic_classification.write_cifar100)
     python -m data.synthetic scene --out DIR [...]    (data.synthetic_classification.write_scene)
+    python -m data.synthetic ijb --out DIR [...]      (data.synthetic_face_eval.write_ijb)
+    python -m data.synthetic tinyface --out DIR [...] (data.synthetic_face_eval.write_tinyface)
 """
 
 from __future__ import annotations
@@ -218,6 +220,10 @@ def _parser() -> argparse.ArgumentParser:
     scene.add_argument("--val-per-class", type=int, default=10)
     scene.add_argument("--seed", type=int, default=0)
     scene.add_argument("--image-size", type=int, default=96)
+
+    from data.synthetic_face_eval import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -228,6 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = write_faces(args.out, args.identities, args.images_per_identity, args.pairs, args.seed, sets,
                               args.extracted)
         for path in written.values():
+            print(path)
+    elif args.command in ("ijb", "tinyface"):
+        from data.synthetic_face_eval import run_command
+
+        for path in run_command(args):
             print(path)
     elif args.command == "cifar":
         from data.synthetic_classification import write_cifar100

@@ -1,27 +1,17 @@
-"""Evaluation: face verification per set and resolution, and classification top-k.
+"""Evaluation runners: face verification per set and resolution, IJB-B/C and TinyFace, classification top-k.
 
-Verification follows one of two published protocols, chosen by `EVAL.PROTOCOL`, because their numbers
-are not comparable with each other (`spec/face.md` §7.1, `spec/adadistill.md` §5.1):
-
-- `insightface` (AdaDistill, arcface_torch): embedding = f(x) + f(flip x), L2-normalised; squared
-  distance; thresholds `arange(0, 4, 0.01)`; "same" iff dist < t; the first best threshold on the
-  nine training folds is applied to the held-out fold. TAR@FAR as insightface's VAL@FAR.
-- `skd` (A-SKD, F-SKD, from Face_Pytorch): feature = concat(f(x), f(flip x)); per fold the features
-  are centred on the training folds' mean, L2-normalised and compared by cosine; thresholds
-  k/10000 for k in -10000..10000 with strict inequalities; the threshold is the mean of all best ones.
-
-TAR@FAR is insightface's VAL@FAR under either protocol (computed on the protocol's fused features).
-
-Folds are contiguous blocks of the pair order (sklearn `KFold(shuffle=False)`), which keeps the
-official LFW/CFP fold structure stored in the `.bin` order. The threshold searches count with sorted
-scores instead of looping over the grid; the counts are exact integers, so the chosen thresholds are
-those of the reference loops.
+The metrics themselves are pure functions elsewhere: pair-set verification in `engine.verification`
+(re-exported here, `verification_accuracy` is public under this module's name), IJB template
+verification in `engine.ijb`, rank-k identification in `engine.identification`. This module embeds
+images with a model and feeds those functions.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,291 +19,32 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 from yacs.config import CfgNode
 
+from data.ijb import IJBImages, IJBSet, load_ijb, meta_paths
 from data.loader import build_dataset, build_eval_loader, to_device
 from data.lowres import degrade
 from data.pairs import load_verification_set
+from data.tinyface import TinyFaceImages, TinyFaceSet, load_tinyface
 from data.transforms import EvalTransform
+from engine import ijb as ijb_metrics
+from engine.identification import fuse_flip, identification_accuracy
+from engine.verification import (  # noqa: F401  (re-exported: the public names of engine.evaluate)
+    PROTOCOLS,
+    fold_slices,
+    interp_slinear_scipy181,
+    pair_scores,
+    plot_roc,
+    roc_curve_points,
+    tar_at_far,
+    to_numpy,
+    verification_accuracy,
+)
 from utility.config import resolve_data_path
 from utility.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-PROTOCOLS = ("insightface", "skd")
-
-
-# ---------------------------------------------------------------------------------------------------
-# verification metrics (pure NumPy)
-# ---------------------------------------------------------------------------------------------------
-def _to_numpy(values: Any) -> np.ndarray:
-    """A NumPy view of an array or tensor; half-precision tensors widen to float32."""
-    if isinstance(values, Tensor):
-        values = values.detach().cpu()
-        if values.dtype in (torch.float16, torch.bfloat16):
-            values = values.float()
-        return values.numpy()
-    return np.asarray(values)
-
-
-def _check_pairs(emb1: Any, emb2: Any, issame: Any, folds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    left, right = _to_numpy(emb1), _to_numpy(emb2)
-    same = _to_numpy(issame).astype(bool).reshape(-1)
-    if left.ndim != 2 or left.shape != right.shape:
-        raise ValueError(f"emb1 and emb2 must both be N x D, got {left.shape} and {right.shape}")
-    if left.shape[0] != same.shape[0]:
-        raise ValueError(f"{left.shape[0]} embedding pairs but {same.shape[0]} issame labels")
-    if not 2 <= folds <= same.shape[0]:
-        raise ValueError(f"folds must lie in [2, number of pairs = {same.shape[0]}], got {folds}")
-    return left, right, same
-
-
-def fold_slices(num_pairs: int, folds: int = 10) -> list[slice]:
-    """Contiguous folds as `KFold(folds, shuffle=False)` makes them: the first `num_pairs % folds`
-    folds hold one pair more than the rest."""
-    sizes = np.full(folds, num_pairs // folds)
-    sizes[: num_pairs % folds] += 1
-    stops = np.cumsum(sizes)
-    return [slice(int(stop - size), int(stop)) for size, stop in zip(sizes, stops)]
-
-
-def _train_mask(num_pairs: int, test: slice) -> np.ndarray:
-    mask = np.ones(num_pairs, dtype=bool)
-    mask[test] = False
-    return mask
-
-
-def _l2_normalise_rows(values: np.ndarray) -> np.ndarray:
-    """sklearn's `preprocessing.normalize` (l2): row norms via einsum, zero norms left as they are."""
-    norms = np.sqrt(np.einsum("ij,ij->i", values, values))
-    norms[norms == 0.0] = 1.0
-    return values / norms[:, None]
-
-
-def _insightface_distances(emb1: np.ndarray, emb2: np.ndarray) -> np.ndarray:
-    """Squared distance of the L2-normalised float64 embeddings (insightface stores them in float64)."""
-    left = _l2_normalise_rows(emb1.astype(np.float64))
-    right = _l2_normalise_rows(emb2.astype(np.float64))
-    return np.sum(np.square(np.subtract(left, right)), 1)
-
-
-def _count_below(sorted_values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Number of values strictly below each threshold."""
-    return np.searchsorted(sorted_values, thresholds, side="left")
-
-
-def _count_above(sorted_values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Number of values strictly above each threshold."""
-    return sorted_values.size - np.searchsorted(sorted_values, thresholds, side="right")
-
-
-def _insightface_correct(dist: np.ndarray, same: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Correct decisions per threshold for "same iff dist < t": TP + TN."""
-    same_sorted, diff_sorted = np.sort(dist[same]), np.sort(dist[~same])
-    return _count_below(same_sorted, thresholds) + (diff_sorted.size - _count_below(diff_sorted, thresholds))
-
-
-def _skd_correct(scores: np.ndarray, same: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Correct decisions per threshold with both inequalities strict: same & s > t, different & s < t."""
-    return _count_above(np.sort(scores[same]), thresholds) + _count_below(np.sort(scores[~same]), thresholds)
-
-
-def _insightface_folds(left: np.ndarray, right: np.ndarray, same: np.ndarray, folds: int) -> tuple[list, list]:
-    dist = _insightface_distances(left, right)
-    thresholds = np.arange(0, 4, 0.01)
-    accuracies, best_thresholds = [], []
-    for test in fold_slices(same.size, folds):
-        train = _train_mask(same.size, test)
-        correct = _insightface_correct(dist[train], same[train], thresholds)
-        best = thresholds[int(np.argmax(correct))]  # the first of equally good thresholds
-        test_correct = _insightface_correct(dist[test], same[test], np.array([best]))[0]
-        accuracies.append(float(test_correct) / float(dist[test].size))
-        best_thresholds.append(float(best))
-    return accuracies, best_thresholds
-
-
-def _skd_scores(left: np.ndarray, right: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """Cosine after centring on the training folds' mean of left and right features together.
-
-    The expressions are the reference's own, so float32 features give its float32 results.
-    """
-    mu = np.expand_dims(np.mean(np.concatenate((left[train], right[train]), 0), 0), 0)
-    left, right = left - mu, right - mu
-    left = left / np.expand_dims(np.sqrt(np.sum(np.power(left, 2), 1)), 1)
-    right = right / np.expand_dims(np.sqrt(np.sum(np.power(right, 2), 1)), 1)
-    return np.sum(np.multiply(left, right), 1)
-
-
-def _skd_folds(left: np.ndarray, right: np.ndarray, same: np.ndarray, folds: int) -> tuple[list, list]:
-    # The reference scored float32 features and, under NumPy 1.x, compared them with thresholds
-    # rounded to float32; float64 features are compared in float64.
-    dtype = np.float64 if left.dtype == np.float64 else np.float32
-    left, right = left.astype(dtype, copy=False), right.astype(dtype, copy=False)
-    thresholds = np.arange(-10000, 10001) * 1.0 / 10000
-    thresholds_cmp = thresholds.astype(dtype)
-    accuracies, best_thresholds = [], []
-    for test in fold_slices(same.size, folds):
-        train = _train_mask(same.size, test)
-        scores = _skd_scores(left, right, train)
-        correct = _skd_correct(scores[train], same[train], thresholds_cmp)
-        best = float(np.mean(thresholds[correct == correct.max()]))  # mean of all best thresholds
-        test_correct = _skd_correct(scores[test], same[test], np.array([best], dtype=dtype))[0]
-        accuracies.append(float(test_correct) / float(scores[test].size))
-        best_thresholds.append(best)
-    return accuracies, best_thresholds
-
-
-_PROTOCOL_FOLDS: dict[str, Callable[..., tuple[list, list]]] = {
-    "insightface": _insightface_folds,
-    "skd": _skd_folds,
-}
-
-
-def verification_accuracy(emb1: np.ndarray | Tensor, emb2: np.ndarray | Tensor, issame: Sequence[bool] | np.ndarray,
-                          folds: int = 10, protocol: str = "insightface") -> dict[str, Any]:
-    """10-fold verification accuracy of pairs (emb1[i], emb2[i]) with labels issame[i].
-
-    `emb1`, `emb2`: N x D final per-pair embeddings, flip already fused by the caller (insightface:
-    summed; skd: concatenated). `folds`: contiguous blocks of the pair order, the first N % folds
-    one pair longer. `protocol`: "insightface" or "skd" (see the module docstring).
-    Returns `mean` and `std` (fractions in [0, 1], std over folds with ddof 0), `fold_accuracies`
-    and the per-fold `thresholds` (squared distance for insightface, cosine for skd).
-    """
-    if protocol not in _PROTOCOL_FOLDS:
-        raise ValueError(f"unknown verification protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
-    left, right, same = _check_pairs(emb1, emb2, issame, folds)
-    accuracies, thresholds = _PROTOCOL_FOLDS[protocol](left, right, same, folds)
-    return {
-        "mean": float(np.mean(accuracies)),
-        "std": float(np.std(accuracies)),
-        "fold_accuracies": accuracies,
-        "thresholds": thresholds,
-    }
-
-
-def interp_slinear_scipy181(x: np.ndarray, y: np.ndarray, u: float) -> float:
-    """`scipy.interpolate.interp1d(x, y, kind='slinear')(u)` as SciPy 1.8.1 computes it.
-
-    insightface feeds it FAR curves full of repeated values, which SciPy >= 1.9 rejects. 1.8.1 sorts
-    x stably, evaluates a degree-1 B-spline on knots [x0, x0, x1, ..., xn, xn]: with i the last index
-    with x[i] <= u, de Boor's weights towards x[i + 1]; at u = max(x) the last interval is used, which
-    gives y[-1] when max(x) is unique and 0.0 when it is repeated (a zero-width interval).
-    """
-    order = np.argsort(x, kind="mergesort")
-    x, y = np.asarray(x, dtype=np.float64)[order], np.asarray(y, dtype=np.float64)[order]
-    if x.size < 2:
-        raise ValueError("slinear interpolation needs at least two points")
-    if not x[0] <= u <= x[-1]:
-        raise ValueError(f"{u} lies outside the interpolation range [{x[0]}, {x[-1]}]")
-    i = min(int(np.searchsorted(x, u, side="right")) - 1, x.size - 2)
-    lo, hi = x[i], x[i + 1]
-    if hi == lo:
-        return 0.0
-    weight = 1.0 / (hi - lo)
-    return float(y[i] * (weight * (hi - u)) + y[i + 1] * (weight * (u - lo)))
-
-
-def tar_at_far(emb1: np.ndarray | Tensor, emb2: np.ndarray | Tensor, issame: Sequence[bool] | np.ndarray,
-               far: float = 1e-3, folds: int = 10) -> dict[str, Any]:
-    """insightface's VAL@FAR (`calculate_val`) on L2-normalised embeddings and squared distances.
-
-    Per fold: FAR(t) on the training folds for t in `arange(0, 4, 0.001)`; t* by slinear
-    interpolation of t over FAR at `far` (SciPy 1.8.1 semantics), or 0 when the largest training FAR
-    stays below `far`; then TAR (= VAL) and the achieved FAR on the held-out fold. A fold without
-    genuine (impostor) pairs has no TAR (FAR) and is left out of the means instead of crashing.
-    Returns `tar`, `tar_std`, `far` (means over folds), `far_target`, `fold_tar`, `fold_far`, `thresholds`.
-    """
-    left, right, same = _check_pairs(emb1, emb2, issame, folds)
-    dist = _insightface_distances(left, right)
-    thresholds = np.arange(0, 4, 0.001)
-    fold_tar, fold_far, fold_thresholds = [], [], []
-    for test in fold_slices(same.size, folds):
-        train = _train_mask(same.size, test)
-        impostors = np.sort(dist[train][~same[train]])
-        threshold = 0.0
-        if impostors.size:
-            far_train = _count_below(impostors, thresholds) / float(impostors.size)
-            if np.max(far_train) >= far:
-                threshold = interp_slinear_scipy181(far_train, thresholds, far)
-        accepted = dist[test] < threshold
-        genuine = same[test]
-        n_same, n_diff = int(genuine.sum()), int((~genuine).sum())
-        fold_tar.append(float(np.sum(accepted & genuine)) / n_same if n_same else float("nan"))
-        fold_far.append(float(np.sum(accepted & ~genuine)) / n_diff if n_diff else float("nan"))
-        fold_thresholds.append(float(threshold))
-    tar_values = np.array(fold_tar)
-    far_values = np.array(fold_far)
-    tar_defined = tar_values[~np.isnan(tar_values)]
-    far_defined = far_values[~np.isnan(far_values)]
-    return {
-        "tar": float(np.mean(tar_defined)) if tar_defined.size else None,
-        "tar_std": float(np.std(tar_defined)) if tar_defined.size else None,
-        "far": float(np.mean(far_defined)) if far_defined.size else None,
-        "far_target": float(far),
-        "fold_tar": [None if np.isnan(v) else v for v in fold_tar],
-        "fold_far": [None if np.isnan(v) else v for v in fold_far],
-        "thresholds": fold_thresholds,
-    }
-
-
-def pair_scores(emb1: np.ndarray | Tensor, emb2: np.ndarray | Tensor, protocol: str = "insightface") -> np.ndarray:
-    """One similarity per pair for ROC curves (higher = more alike): cosine of the embeddings,
-    after centring on the mean of all features for `skd` (its per-fold centring, made global)."""
-    left = _to_numpy(emb1).astype(np.float64)
-    right = _to_numpy(emb2).astype(np.float64)
-    if protocol == "skd":
-        mu = np.concatenate((left, right), 0).mean(0, keepdims=True)
-        left, right = left - mu, right - mu
-    return np.sum(_l2_normalise_rows(left) * _l2_normalise_rows(right), 1)
-
-
-def roc_curve_points(scores: np.ndarray | Tensor, issame: Sequence[bool] | np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) for "same iff score >= threshold", one point per distinct score from
-    the highest down, starting at (0, 0) with threshold +inf."""
-    values = _to_numpy(scores).astype(np.float64).reshape(-1)
-    same = _to_numpy(issame).astype(bool).reshape(-1)
-    if values.shape != same.shape:
-        raise ValueError(f"{values.size} scores but {same.size} issame labels")
-    n_same, n_diff = int(same.sum()), int((~same).sum())
-    if n_same == 0 or n_diff == 0:
-        raise ValueError("an ROC curve needs both genuine and impostor pairs")
-    order = np.argsort(-values, kind="mergesort")
-    values, same = values[order], same[order]
-    run_ends = np.r_[np.flatnonzero(np.diff(values)), values.size - 1]
-    true_pos = np.cumsum(same)[run_ends]
-    false_pos = run_ends + 1 - true_pos
-    fpr = np.r_[0.0, false_pos / n_diff]
-    tpr = np.r_[0.0, true_pos / n_same]
-    return fpr, tpr, np.r_[np.inf, values[run_ends]]
-
-
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
-    """Write one PNG with an ROC curve per label (log-scaled FPR, as face verification plots are)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5.5, 4.5), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    for label, (fpr, tpr) in curves.items():
-        fpr, tpr = np.asarray(fpr), np.asarray(tpr)
-        visible = fpr > 0
-        axes.plot(fpr[visible], tpr[visible], label=label, linewidth=1.2)
-    axes.set_xscale("log")
-    axes.set_xlim(1e-4, 1.0)
-    axes.set_ylim(0.0, 1.01)
-    axes.set_xlabel("false accept rate")
-    axes.set_ylabel("true accept rate")
-    axes.grid(True, which="both", linewidth=0.3)
-    if title:
-        axes.set_title(title)
-    if curves:
-        axes.legend(loc="lower right", fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -331,32 +62,39 @@ def _fuse_concat(plain: Tensor, flipped: Tensor) -> Tensor:
 _FLIP_FUSION: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"insightface": _fuse_sum, "skd": _fuse_concat}
 
 
-def _embed_images(model: nn.Module, images: np.ndarray, cfg: CfgNode, device: torch.device,
-                  lower_to: int | None) -> np.ndarray:
-    """Flip-fused embeddings of uint8 N x H x W x 3 images, degraded to side `lower_to` unless None."""
+def _flip_views(model: nn.Module, batch_uint8_nhwc: Tensor, cfg: CfgNode, device: torch.device,
+                lower_to: int | None) -> tuple[Tensor, Tensor]:
+    """(f(x), f(flip x)) as float32 CPU tensors of a uint8 N x H x W x 3 batch, normalised with
+    DATA.MEAN/STD and degraded to side `lower_to` (EVAL.DOWN/UP/BLUR_SIGMA) unless None."""
     mean = torch.tensor(cfg.DATA.MEAN, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(cfg.DATA.STD, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    fuse = _FLIP_FUSION[cfg.EVAL.PROTOCOL]
     blur = tuple(cfg.EVAL.BLUR_SIGMA) or None
 
     def lower(x: Tensor) -> Tensor:
         return degrade(x, size=lower_to, out_size=cfg.DATA.IMAGE_SIZE, down=cfg.EVAL.DOWN, up=cfg.EVAL.UP,
                        blur_sigma=blur)
 
+    x = (batch_uint8_nhwc.to(device).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    if lower_to is None:
+        views = (x, x.flip(3))
+    elif cfg.EVAL.DEGRADE_FLIPS_SEPARATELY:  # A-SKD: flip the HR image, then degrade each on its own
+        views = (lower(x), lower(x.flip(3)))
+    else:
+        low = lower(x)
+        views = (low, low.flip(3))
+    # one forward for both views: eval-mode networks treat samples independently
+    plain, flipped = model(torch.cat(views)).float().cpu().chunk(2)
+    return plain, flipped
+
+
+def _embed_images(model: nn.Module, images: np.ndarray, cfg: CfgNode, device: torch.device,
+                  lower_to: int | None) -> np.ndarray:
+    """Flip-fused embeddings of uint8 N x H x W x 3 images, degraded to side `lower_to` unless None."""
+    fuse = _FLIP_FUSION[cfg.EVAL.PROTOCOL]
     outputs = []
     for start in range(0, images.shape[0], cfg.EVAL.BATCH_SIZE):
-        batch = torch.from_numpy(np.array(images[start:start + cfg.EVAL.BATCH_SIZE])).to(device)  # a writable copy
-        x = (batch.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        if lower_to is None:
-            views = (x, x.flip(3))
-        elif cfg.EVAL.DEGRADE_FLIPS_SEPARATELY:  # A-SKD: flip the HR image, then degrade each on its own
-            views = (lower(x), lower(x.flip(3)))
-        else:
-            low = lower(x)
-            views = (low, low.flip(3))
-        # one forward for both views: eval-mode networks treat samples independently
-        plain, flipped = model(torch.cat(views)).float().cpu().chunk(2)
-        outputs.append(fuse(plain, flipped))
+        batch = torch.from_numpy(np.array(images[start:start + cfg.EVAL.BATCH_SIZE]))  # a writable copy
+        outputs.append(fuse(*_flip_views(model, batch, cfg, device, lower_to)))
     return torch.cat(outputs).numpy()
 
 
@@ -371,7 +109,7 @@ def extract_pair_embeddings(model: nn.Module, images_uint8_nhwc: np.ndarray, iss
     vs LR probe). EVAL.PROTOCOL decides the fusion: insightface sums f(x) + f(flip x) in float64,
     skd concatenates [f(x), f(flip x)] (float32, 2 x D).
     """
-    images = _to_numpy(images_uint8_nhwc)
+    images = to_numpy(images_uint8_nhwc)
     num_pairs = len(issame)
     if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] != 2 * num_pairs:
         raise DataError(f"expected 2 x {num_pairs} images of H x W x 3 for {num_pairs} pairs, got {images.shape}")
@@ -491,6 +229,233 @@ def evaluate_verification(cfg: CfgNode, model: nn.Module, device: torch.device |
     }
 
 
+# ---------------------------------------------------------------------------------------------------
+# IJB-B/C and TinyFace
+# ---------------------------------------------------------------------------------------------------
+_TEMPLATE_CHUNK = 65536  # images pooled at once when reading features back from the memory map
+
+
+@functools.lru_cache(maxsize=4)
+def _load_ijb_cached(root: str, target: str, one_to_n: bool, mtime_ns: int) -> IJBSet:
+    return load_ijb(root, target, one_to_n)
+
+
+def load_ijb_targets(cfg: CfgNode) -> list[IJBSet]:
+    """Every EVAL.IJB.TARGETS entry read and checked (once per process and meta-file version)."""
+    root = resolve_data_path(cfg, cfg.EVAL.IJB.ROOT)
+    loaded = []
+    for target in cfg.EVAL.IJB.TARGETS:
+        meta = meta_paths(root, target)["face_tid_mid"]
+        mtime = meta.stat().st_mtime_ns if meta.exists() else 0
+        loaded.append(_load_ijb_cached(str(root), target, bool(cfg.EVAL.IJB.ONE_TO_N), mtime))
+    return loaded
+
+
+def _scratch_folder(output_dir: str | Path | None, prefix: str) -> Path:
+    """A fresh temporary folder for memory-mapped features, inside `output_dir` when given (the
+    system's temporary folder may be too small for IJB-C's 2 GB of features)."""
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir))
+
+
+def _embedding_size(model: nn.Module, cfg: CfgNode, device: torch.device) -> int:
+    size = cfg.DATA.IMAGE_SIZE
+    return int(model(torch.zeros(2, 3, size, size, device=device)).shape[1])
+
+
+def _embed_to_memmap(model: nn.Module, dataset: Any, cfg: CfgNode, device: torch.device, lower_to: int | None,
+                     path: Path, description: str) -> np.ndarray:
+    """[f(x) | f(flip x)] of every image (N x 2D float32) streamed into a `.npy` memory map at `path`,
+    so IJB-C's 469 k images never sit in a Python list."""
+    width = _embedding_size(model, cfg, device)
+    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(dataset), 2 * width))
+    loader = build_eval_loader(cfg, dataset, cfg.EVAL.BATCH_SIZE)
+    for batch in tqdm(loader, desc=description, disable=not cfg.LOG.PROGRESS, leave=False):
+        plain, flipped = _flip_views(model, batch["image"], cfg, device, lower_to)
+        rows = np.asarray(batch["index"])
+        features[rows[0]:rows[-1] + 1] = torch.cat([plain, flipped], 1).numpy()  # sequential loader
+    features.flush()
+    return features
+
+
+def _ijb_templates(cfg: CfgNode, ijb: IJBSet, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit template features from the raw image features, read back in bounded chunks of whole templates."""
+    width = raw.shape[1] // 2
+    order = np.argsort(ijb.templates, kind="stable")
+    bounds = np.r_[np.flatnonzero(np.r_[True, np.diff(ijb.templates[order]) != 0]), order.size]
+    ids, feats, first = [], [], 0
+    while first < bounds.size - 1:  # whole templates, about _TEMPLATE_CHUNK images at a time
+        last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + _TEMPLATE_CHUNK, side="right")) - 1)
+        rows = np.sort(order[bounds[first]:bounds[last]])
+        block = np.asarray(raw[rows])
+        image_feats = ijb_metrics.image_features(
+            block[:, :width], block[:, width:] if cfg.EVAL.IJB.USE_FLIP_TEST else None, ijb.faceness[rows],
+            cfg.EVAL.IJB.USE_NORM_SCORE, cfg.EVAL.IJB.USE_DETECTOR_SCORE)
+        chunk_ids, chunk_feats = ijb_metrics.template_features(image_feats, ijb.templates[rows], ijb.medias[rows])
+        ids.append(chunk_ids)
+        feats.append(chunk_feats)
+        first = last
+    return np.concatenate(ids), np.concatenate(feats)
+
+
+def _select(unique_templates: np.ndarray, feats: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    return feats[np.searchsorted(unique_templates, wanted)]
+
+
+def _one_to_n(ijb: IJBSet, unique: np.ndarray, gallery_feats: np.ndarray, probe_feats: np.ndarray) -> dict[str, Any]:
+    """ijb_1n.py: templates deduplicated (subject of the first occurrence), one stacked gallery."""
+    gallery_ids, first = np.unique(ijb.gallery_templates, return_index=True)
+    probe_ids, probe_first = np.unique(ijb.probe_templates, return_index=True)
+    try:
+        found = ijb_metrics.identification_1n(_select(unique, probe_feats, probe_ids), ijb.probe_subjects[probe_first],
+                                  _select(unique, gallery_feats, gallery_ids), ijb.gallery_subjects[first])
+    except ValueError as error:
+        raise DataError(f"{ijb.folder / 'meta'}: 1:N gallery/probe lists: {error}") from None
+    return {"rank": {str(k): v for k, v in found["rank"].items()},
+            "tpir": {f"{f:g}": v for f, v in found["tpir"].items()}}
+
+
+def evaluate_ijb(cfg: CfgNode, model: nn.Module, device: torch.device | str, targets: Sequence[IJBSet],
+                 output_dir: str | Path | None = None) -> dict[str, Any]:
+    """IJB 1:1 TAR@FAR (and with EVAL.IJB.ONE_TO_N 1:N) per target and resolution column.
+
+    Every image is aligned to DATA.IMAGE_SIZE, embedded with its mirror in fp32 and, for columns
+    below full resolution, degraded as the pair sets are. In an "r cross" column the first template
+    of each pair (the 1:N gallery) keeps full resolution. Returns {target: {"images", "templates",
+    "pairs", "results": {column: {"tar": {far: fraction}, "one_to_n": ...}}}}; writes
+    `roc_<target>.png` with EVAL.ROC and an `output_dir`.
+    """
+    device = torch.device(device)
+    runs = _resolution_runs(cfg)
+    resolutions = sorted({r for _, r, _ in runs} | ({cfg.DATA.IMAGE_SIZE} if any(c for *_, c in runs) else set()))
+    keep = bool(cfg.EVAL.IJB.FEATURES_DIR)
+    scratch = Path(cfg.EVAL.IJB.FEATURES_DIR) if keep else _scratch_folder(output_dir, "ijb_features_")
+    scratch.mkdir(parents=True, exist_ok=True)
+    found: dict[str, Any] = {}
+    try:
+        for ijb in targets:
+            dataset = IJBImages(ijb, cfg.DATA.IMAGE_SIZE, cfg.DATA.COLOR)
+            pooled = {}
+            for resolution in resolutions:
+                lower_to = resolution if resolution < cfg.DATA.IMAGE_SIZE else None
+                path = scratch / f"{ijb.target}_{resolution}.npy"
+                raw = _embed_to_memmap(model, dataset, cfg, device, lower_to, path, f"{ijb.target} @ {resolution}px")
+                pooled[resolution] = _ijb_templates(cfg, ijb, raw)
+                del raw
+                if not keep:
+                    path.unlink()
+            results, curves = {}, {}
+            for label, resolution, cross in runs:
+                unique, probe_feats = pooled[resolution]
+                gallery_feats = pooled[cfg.DATA.IMAGE_SIZE][1] if cross else probe_feats
+                scores = ijb_metrics.cross_pair_scores(unique, gallery_feats, probe_feats, ijb.pair_t1, ijb.pair_t2)
+                entry: dict[str, Any] = {"tar": {f"{far:g}": tar for far, tar in
+                                                 ijb_metrics.tar_at_far(scores, ijb.pair_labels, cfg.EVAL.IJB.FARS).items()}}
+                if cfg.EVAL.IJB.ONE_TO_N:
+                    entry["one_to_n"] = _one_to_n(ijb, unique, gallery_feats, probe_feats)
+                results[label] = entry
+                if cfg.EVAL.ROC and output_dir is not None:
+                    fpr, tpr, _ = ijb_metrics.roc_points(scores, ijb.pair_labels)
+                    curves[f"{label} px"] = (fpr, tpr)
+                log.info("%s @ %s: %s", ijb.target, label,
+                         ", ".join(f"TAR@FAR={far} {100 * tar:.2f} %" for far, tar in entry["tar"].items()))
+            if curves:
+                plot_roc(curves, Path(output_dir) / f"roc_{ijb.target}.png", title=f"{ijb.target} 1:1", min_far=1e-6)
+            found[ijb.target] = {"images": len(ijb), "templates": int(np.unique(ijb.templates).size),
+                                 "pairs": int(ijb.pair_labels.size), "results": results}
+    finally:
+        if not keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return found
+
+
+def _fused(raw: np.ndarray, use_flip: bool) -> np.ndarray:
+    """TinyFace features: l2normalize(f(x) + f(flip x)) (AdaFace's default fusion), or l2normalize(f(x))."""
+    width = raw.shape[1] // 2
+    out = np.empty((raw.shape[0], width), dtype=np.float32)
+    for start in range(0, raw.shape[0], _TEMPLATE_CHUNK):
+        block = np.asarray(raw[start:start + _TEMPLATE_CHUNK])
+        flipped = block[:, width:] if use_flip else np.zeros_like(block[:, :width])
+        out[start:start + block.shape[0]] = fuse_flip(block[:, :width], flipped)
+    return out
+
+
+def evaluate_tinyface(cfg: CfgNode, model: nn.Module, device: torch.device | str, tinyface: TinyFaceSet,
+                      output_dir: str | Path | None = None) -> dict[str, Any]:
+    """TinyFace closed-set rank-k (EVAL.TINYFACE.RANKS). The images are natively low-resolution:
+    they are only resized to DATA.IMAGE_SIZE, never degraded further. Returns {"probes", "gallery",
+    "aligned", "results": {"native": {"rank": {k: fraction}}}}."""
+    device = torch.device(device)
+    scratch = _scratch_folder(output_dir, "tinyface_features_")
+    try:
+        feats = {}
+        for name, paths in (("probe", tinyface.probe_paths), ("gallery", tinyface.gallery_paths)):
+            dataset = TinyFaceImages(paths, cfg.DATA.IMAGE_SIZE, cfg.DATA.COLOR)
+            raw = _embed_to_memmap(model, dataset, cfg, device, None, scratch / f"{name}.npy", f"TinyFace {name}")
+            feats[name] = _fused(raw, cfg.EVAL.TINYFACE.USE_FLIP_TEST)
+            del raw
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ranks = identification_accuracy(feats["probe"], tinyface.probe_labels, feats["gallery"], tinyface.gallery_labels,
+                                    [int(k) for k in cfg.EVAL.TINYFACE.RANKS])
+    log.info("TinyFace: %s", ", ".join(f"rank-{k} {100 * v:.2f} %" for k, v in ranks.items()))
+    return {"probes": len(tinyface.probe_paths), "gallery": len(tinyface.gallery_paths), "aligned": tinyface.aligned,
+            "results": {"native": {"rank": {str(k): v for k, v in ranks.items()}}}}
+
+
+def _face_main(results: dict[str, Any], cfg: CfgNode) -> float:
+    """Best-checkpoint metric: mean pair-set accuracy; without sets the mean IJB TAR at the configured
+    FAR nearest 1e-4 (AdaDistill's headline); else TinyFace rank-1 (the first rank)."""
+    if results.get("sets"):
+        return results["main"]
+    if results.get("ijb"):
+        far = f"{min(cfg.EVAL.IJB.FARS, key=lambda f: abs(np.log10(f) + 4)):g}"
+        return float(np.mean([entry["tar"][far] for target in results["ijb"].values()
+                              for column, entry in target["results"].items() if not column.endswith("cross")]))
+    return float(next(iter(results["tinyface"]["results"]["native"]["rank"].values())))
+
+
+def evaluate_face(cfg: CfgNode, model: nn.Module, device: torch.device | str,
+                  output_dir: str | Path | None = None, periodic: bool = False) -> dict[str, Any]:
+    """Pair-set verification (EVAL.SETS), IJB-B/C (EVAL.IJB.ROOT) and TinyFace (EVAL.TINYFACE.ROOT).
+
+    All metadata is read and checked before any image is embedded, so a bad meta line fails at once.
+    A `periodic` evaluation during training skips IJB / TinyFace (hundreds of thousands of images)
+    unless their PERIODIC key is set or there are no pair sets to select the best checkpoint by.
+    The result is `evaluate_verification`'s dict (empty `sets` without EVAL.SETS) plus "ijb" and
+    "tinyface" entries; `main` as `_face_main` says.
+    """
+    if not (cfg.EVAL.SETS or cfg.EVAL.IJB.ROOT or cfg.EVAL.TINYFACE.ROOT):
+        raise ConfigError("nothing to evaluate: set EVAL.SETS (pair sets), EVAL.IJB.ROOT or EVAL.TINYFACE.ROOT")
+    if cfg.EVAL.IJB.ROOT and cfg.DATA.IMAGE_SIZE % 112 and cfg.DATA.IMAGE_SIZE % 128:
+        raise ConfigError(f"EVAL.IJB.ROOT: faces are aligned to DATA.IMAGE_SIZE = {cfg.DATA.IMAGE_SIZE}, which must "
+                          "be a multiple of 112 or 128 (insightface's templates)")
+    for path in cfg.EVAL.SETS:
+        load_verification_set_cached(cfg, path)
+    skip = periodic and bool(cfg.EVAL.SETS)
+    with_ijb = bool(cfg.EVAL.IJB.ROOT) and not (skip and not cfg.EVAL.IJB.PERIODIC)
+    with_tinyface = bool(cfg.EVAL.TINYFACE.ROOT) and not (skip and not cfg.EVAL.TINYFACE.PERIODIC)
+    ijb_targets = load_ijb_targets(cfg) if with_ijb else []
+    tinyface = load_tinyface(resolve_data_path(cfg, cfg.EVAL.TINYFACE.ROOT)) if with_tinyface else None
+    if cfg.EVAL.SETS:
+        results = evaluate_verification(cfg, model, device, output_dir)
+    else:
+        results = {"task": "face", "protocol": cfg.EVAL.PROTOCOL, "far_target": float(cfg.EVAL.FAR), "sets": {}}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if ijb_targets:
+                results["ijb"] = evaluate_ijb(cfg, model, device, ijb_targets, output_dir)
+            if tinyface is not None:
+                results["tinyface"] = evaluate_tinyface(cfg, model, device, tinyface, output_dir)
+    finally:
+        model.train(was_training)
+    results["main"] = _face_main(results, cfg)
+    return results
+
+
 def evaluate_classification(cfg: CfgNode, model: nn.Module, device: torch.device | str, dataset: Any = None,
                             transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Top-k accuracy (k in EVAL.TOPK, in percent) and mean per-class accuracy on the val split.
@@ -551,16 +516,17 @@ def _average_crops(logits: Tensor, num_samples: int) -> Tensor:
 
 
 _TASKS: dict[str, Callable[..., dict[str, Any]]] = {
-    "face": lambda cfg, model, device, output_dir: evaluate_verification(cfg, model, device, output_dir),
-    "classification": lambda cfg, model, device, output_dir: evaluate_classification(cfg, model, device),
+    "face": lambda cfg, model, device, output_dir, periodic: evaluate_face(cfg, model, device, output_dir, periodic),
+    "classification": lambda cfg, model, device, output_dir, periodic: evaluate_classification(cfg, model, device),
 }
 
 
 def evaluate(cfg: CfgNode, model: nn.Module, device: torch.device | str,
-             output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate `model` as EXPERIMENT.TASK says ("face" verification or "classification");
-    the result always has a `main` metric (higher is better) for best-checkpoint selection."""
+             output_dir: str | Path | None = None, periodic: bool = False) -> dict[str, Any]:
+    """Evaluate `model` as EXPERIMENT.TASK says ("face": pair sets, IJB-B/C, TinyFace; or
+    "classification"); the result always has a `main` metric (higher is better) for best-checkpoint
+    selection. `periodic` marks an EVAL.PERIOD evaluation during training (see `evaluate_face`)."""
     task = cfg.EXPERIMENT.TASK
     if task not in _TASKS:
         raise ConfigError(f"EXPERIMENT.TASK must be one of {list(_TASKS)}, got {task!r}")
-    return _TASKS[task](cfg, model, device, output_dir)
+    return _TASKS[task](cfg, model, device, output_dir, periodic)

@@ -1,7 +1,7 @@
 """What `run_teacher.sh` / `run_student.sh` do: parse every argument, check every run, then train them in turn.
 
     bash run_student.sh CONFIG [CONFIG ...] [KEY VALUE ...] [--seeds S ...] [--sweep KEY V1 V2 ...]...
-                        [--resume] [--dry-run] [-- KEY VALUE ...]
+                        [--resume [auto]] [--overwrite] [--dry-run] [-- KEY VALUE ...]
 
 A mistake (an unknown option, a missing config, a bad key or value in any combination) must surface
 before the first run starts, not after an hour of training, so the whole plan is built and every
@@ -25,7 +25,7 @@ from utility.errors import ConfigError, DistilleryError
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
-FLAGS = ("--seeds", "--sweep", "--resume", "--dry-run", "--help", "-h", "--")
+FLAGS = ("--seeds", "--sweep", "--resume", "--overwrite", "--dry-run", "--help", "-h", "--")
 
 #: config keys that name a registry entry, checked before the first run starts
 REGISTRY_KEYS = {
@@ -39,7 +39,7 @@ REGISTRY_KEYS = {
 
 def usage(role: str) -> str:
     return (f"usage: bash run_{role}.sh CONFIG [CONFIG ...] [KEY VALUE ...] [--seeds S ...] "
-            "[--sweep KEY V1 V2 ...]... [--resume] [--dry-run] [-- KEY VALUE ...]")
+            "[--sweep KEY V1 V2 ...]... [--resume [auto]] [--overwrite] [--dry-run] [-- KEY VALUE ...]")
 
 
 HELP = """
@@ -48,7 +48,8 @@ Trains each CONFIG in turn (paths relative to where you call the script), with t
   --seeds S ...          one run per seed, into <OUTPUT_DIR>/seed<S>
   --sweep KEY V1 V2 ...  one run per value, into <OUTPUT_DIR>/<KEY>=<V>; repeat for a grid (every
                          combination, one folder level per key); combines with --seeds
-  --resume               continue each run from its last.pt
+  --resume [auto]        continue each run from its last.pt (auto: resume where one exists, else start)
+  --overwrite            replace a previous run's files in an output folder
   --dry-run              build each run and take one step, printing sizes and FLOPs; trains nothing
 Every config and every combination is validated before the first run starts.
 NPROC_PER_NODE=N runs each training under torchrun (DDP, one process per GPU)."""
@@ -90,7 +91,11 @@ def parse(role: str, caller: Path, argv: Sequence[str]) -> Plan:
                 raise fail(f"overrides after -- come in KEY VALUE pairs; '{rest[-1]}' has no value")
             plan.overrides += rest
             break
-        if token in ("--resume", "--dry-run"):
+        if token == "--resume" and i + 1 < len(args) and args[i + 1] == "auto":
+            plan.flags += ["--resume", "auto"] if "--resume" not in plan.flags else []
+            mode = "configs"
+            i += 1
+        elif token in ("--resume", "--overwrite", "--dry-run"):
             plan.flags += [token] if token not in plan.flags else []
             mode = "configs"
         elif token == "--seeds":

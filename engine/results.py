@@ -76,21 +76,73 @@ def _face_tables(variants: list[tuple[str, dict[str, Any]]]) -> str:
             rows.append(row)
         return rows
 
-    protocol = next((entry.get("protocol") for _, entry in variants if entry.get("protocol")), "")
-    far = next((entry.get("far_target") for _, entry in variants if entry.get("far_target") is not None), None)
+    parts: list[str] = []
+    if sets:
+        protocol = next((entry.get("protocol") for _, entry in variants if entry.get("protocol")), "")
+        far = next((entry.get("far_target") for _, entry in variants if entry.get("far_target") is not None), None)
+        parts += [
+            f"Verification accuracy (%, mean ± std over folds, protocol {protocol}); columns: probe resolution in px",
+            "",
+            _markdown(header, cells("accuracy", True)),
+            "",
+            f"TAR (%) at FAR = {far:g}" if far is not None else "TAR (%)",
+            "",
+            _markdown(header, cells("tar", False)),
+            "",
+        ]
+    parts += _ijb_tables(variants) + _tinyface_table(variants)
+    mains = [f"{label or 'result'} {_percent(entry.get('main'))} %" for label, entry in variants]
+    parts.append("Main (best-checkpoint metric: mean pair-set accuracy over sets and same-resolution columns; "
+                 "without sets IJB TAR@FAR=1e-4, else TinyFace rank-1): " + ", ".join(mains))
+    return "\n".join(parts)
+
+
+def _row_label(name: str, label: str) -> str:
+    return f"{name} ({label})" if label else name
+
+
+def _ijb_tables(variants: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """IJB 1:1 TAR at each FAR (rows: target @ column, per checkpoint) and, when computed, 1:N."""
+    rows_11, rows_1n, fars, ranks, fpirs = [], [], [], [], []
+    for label, entry in variants:
+        for target, found in entry.get("ijb", {}).items():
+            for column, metrics in found.get("results", {}).items():
+                fars = _ordered_union([fars, metrics["tar"]])
+                rows_11.append((_row_label(f"{target} @ {column}", label), metrics["tar"]))
+                if "one_to_n" in metrics:
+                    ranks = _ordered_union([ranks, metrics["one_to_n"]["rank"]])
+                    fpirs = _ordered_union([fpirs, metrics["one_to_n"]["tpir"]])
+                    rows_1n.append((_row_label(f"{target} @ {column}", label), metrics["one_to_n"]))
+    if not rows_11:
+        return []
     parts = [
-        f"Verification accuracy (%, mean ± std over folds, protocol {protocol}); columns: probe resolution in px",
+        "IJB 1:1 template verification, TAR (%) at FAR (insightface ijb_11.py); rows: target @ probe resolution",
         "",
-        _markdown(header, cells("accuracy", True)),
-        "",
-        f"TAR (%) at FAR = {far:g}" if far is not None else "TAR (%)",
-        "",
-        _markdown(header, cells("tar", False)),
+        _markdown(["target @ px"] + [f"FAR={far}" for far in fars],
+                  [[name] + [_percent(tar.get(far)) for far in fars] for name, tar in rows_11]),
         "",
     ]
-    mains = [f"{label or 'result'} {_percent(entry.get('main'))} %" for label, entry in variants]
-    parts.append("Main (mean accuracy over sets and same-resolution columns): " + ", ".join(mains))
-    return "\n".join(parts)
+    if rows_1n:
+        header = ["target @ px"] + [f"rank-{k}" for k in ranks] + [f"TPIR@FPIR={f}" for f in fpirs]
+        body = [[name] + [_percent(found["rank"].get(k)) for k in ranks] + [_percent(found["tpir"].get(f)) for f in fpirs]
+                for name, found in rows_1n]
+        parts += ["IJB 1:N identification (%) as insightface ijb_1n.py defines it (one gallery G1+G2 / S1+S2)", "",
+                  _markdown(header, body), ""]
+    return parts
+
+
+def _tinyface_table(variants: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """TinyFace closed-set rank-k (%), one row per checkpoint and column (native resolution)."""
+    rows, ranks = [], []
+    for label, entry in variants:
+        for column, metrics in entry.get("tinyface", {}).get("results", {}).items():
+            ranks = _ordered_union([ranks, metrics["rank"]])
+            rows.append((_row_label(f"TinyFace @ {column}", label), metrics["rank"]))
+    if not rows:
+        return []
+    return ["TinyFace closed-set identification (%), AdaFace's protocol (probes vs matches + distractors)", "",
+            _markdown(["set"] + [f"rank-{k}" for k in ranks], [[name] + [_percent(found.get(k)) for k in ranks]
+                                                               for name, found in rows]), ""]
 
 
 def _classification_table(variants: list[tuple[str, dict[str, Any]]]) -> str:

@@ -12,14 +12,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine import distributed as dist
 from engine.checkpoint import (
-    FORMAT,
+    is_distillery_checkpoint,
     load_checkpoint,
     load_network_weights,
     load_strict,
     network_state_from_checkpoint,
 )
 from engine.evaluate import evaluate
+from engine.preflight import check_run_inputs
 from engine.results import format_table, write_results
+from engine.run_dir import RunDir
 from kd import method_names
 from models import build_network
 from models.network import Network
@@ -30,17 +32,33 @@ from utility.logging import setup_logging
 log = logging.getLogger("distillery")
 
 
-def run_training(config: str, overrides: Sequence[str], role: str, resume: bool = False,
-                 dry_run: bool = False) -> int:
-    """Train (or dry-run) the teacher or the student a config describes."""
+def run_training(config: str | None, overrides: Sequence[str], role: str, resume: bool | str = False,
+                 dry_run: bool = False, overwrite: bool = False) -> int:
+    """Train (or dry-run) the teacher or the student a config describes.
+
+    `resume`: False/"no", True/"yes" (continue OUTPUT_DIR/last.pt) or "auto" (continue when a
+    checkpoint exists). Before anything is written the output folder is claimed (engine/run_dir.py:
+    locked, never silently overwritten) and every input the run reads later is checked.
+    """
+    mode = {True: "yes", False: "no"}.get(resume, resume) if isinstance(resume, bool) else str(resume)
     cfg = load_config(config, list(overrides))
     apply_thread_count(cfg)
     env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
+    run_dir = None
     try:
-        setup_logging(None if dry_run else cfg.EXPERIMENT.OUTPUT_DIR, env.rank)
+        setup_logging(None, env.rank)
         from engine.trainer import Trainer
+        from kd import uses_teacher
 
-        trainer = Trainer(cfg, role=role, resume=resume and not dry_run, env=env)
+        check_run_inputs(cfg, role, role == "student" and uses_teacher(cfg))
+        resumes = False
+        if not dry_run:
+            run_dir, problem = _claim_on_main(cfg, env, mode, overwrite)
+            resumes, problem = dist.broadcast_object((run_dir.resume if run_dir else False, problem))
+            if problem is not None:  # every rank stops with rank 0's one-line reason
+                raise ConfigError(problem)
+            setup_logging(cfg.EXPERIMENT.OUTPUT_DIR, env.rank)
+        trainer = Trainer(cfg, role=role, resume=resumes, env=env)
         if dry_run:
             report = dry_run_report(trainer)  # every rank steps (DDP collectives); rank 0 prints
             if env.is_main:
@@ -51,7 +69,22 @@ def run_training(config: str, overrides: Sequence[str], role: str, resume: bool 
             print(format_table(summary))
         return 0
     finally:
+        if run_dir is not None:
+            run_dir.release()
         dist.cleanup()
+
+
+def _claim_on_main(cfg: Any, env: Any, mode: str, overwrite: bool) -> tuple[RunDir | None, str | None]:
+    """Rank 0 claims the output folder; a refusal is returned (not raised) so that every rank can
+    hear it before stopping."""
+    if not env.is_main:
+        return None, None
+    try:
+        return RunDir.claim(cfg.EXPERIMENT.OUTPUT_DIR, mode, overwrite), None
+    except ConfigError as exc:
+        if env.world_size <= 1:
+            raise
+        return None, str(exc)
 
 
 def apply_thread_count(cfg: Any) -> None:
@@ -90,7 +123,7 @@ def compute_label(flops: int) -> str:
 
 def dry_run_report(trainer: Any) -> str:
     """One forward/backward on one batch, then sizes, FLOPs / MACs and the config sections the run uses."""
-    batch = next(iter(trainer.loader))
+    batch = trainer.bad_samples.take(next(iter(trainer.loader)))
     total, terms = trainer.train_step(batch)
     if not torch.isfinite(total):
         raise ConfigError(f"dry run: the first step's loss is not finite ({ {k: float(v) for k, v in terms.items()} })")
@@ -132,7 +165,7 @@ def load_for_test(cfg: Any, node: Any, path: str | Path, device: torch.device) -
     """A head-less network (backbone only) with weights from a Distillery or published checkpoint."""
     path = Path(path)
     raw = load_checkpoint(path)
-    is_ours = isinstance(raw, dict) and raw.get("format") == FORMAT
+    is_ours = is_distillery_checkpoint(raw)
     num_classes = _num_classes_for_test(cfg, None, raw if is_ours else None)
     network = Network(build_network(node, num_classes).backbone, None)
     if is_ours:

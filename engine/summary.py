@@ -1,7 +1,8 @@
 """Collect many runs' `results.json` into one table a paper can use.
 
 Layout of the seeds' READMEs: rows are methods, columns are teacher -> student pairs
-(classification) or set @ resolution (face). Runs whose resolved configs differ only in
+(classification) or set @ resolution (face; IJB TAR at each FAR and TinyFace rank-k as their own
+columns). Runs whose resolved configs differ only in
 `EXPERIMENT.SEED` (and their output folder) are one cell: mean ± std over seeds (population std),
 with the best-checkpoint and last-checkpoint numbers side by side (decision b).
 """
@@ -115,6 +116,15 @@ def _scores(run: Run, variant: str) -> dict[str, float]:
     for name, data in entry.get("sets", {}).items():
         for column, metrics in data["results"].items():
             scores[f"{name}@{column}"] = 100.0 * float(metrics["accuracy"])
+    for target, data in entry.get("ijb", {}).items():  # IJB TAR at each FAR, 1:N rank-1
+        for column, metrics in data["results"].items():
+            for far, tar in metrics["tar"].items():
+                scores[f"{target}@{column} TAR@FAR={far}"] = 100.0 * float(tar)
+            if "one_to_n" in metrics:
+                scores[f"{target}@{column} 1:N rank-1"] = 100.0 * float(metrics["one_to_n"]["rank"]["1"])
+    for column, metrics in entry.get("tinyface", {}).get("results", {}).items():
+        for rank, value in metrics["rank"].items():
+            scores[f"TinyFace@{column} rank-{rank}"] = 100.0 * float(value)
     return scores
 
 

@@ -20,14 +20,17 @@ import torch
 import torch.distributed
 from torch import nn
 
+from data.bad_samples import BadSampleCounter, without_skip_fields
 from data.loader import build_dataset, build_train_loader, to_device
 from data.transforms import TrainTransform
 from engine import distributed as dist
 from engine.checkpoint import (
-    load_checkpoint,
+    file_sha256,
     load_network_weights,
     load_strict,
+    load_training_checkpoint,
     pack_rng,
+    previous_path,
     save_checkpoint,
     unpack_rng,
 )
@@ -37,17 +40,21 @@ from engine.fast_path import apply_fast_path
 from engine.optim import build_optimizer, build_scheduler, scaled_lr
 from engine.pretrained import load_pretrained_backbone
 from engine.results import write_results
-from engine.run_info import write_run_files
+from engine.resume_check import check_resume_config
+from engine.run_info import update_run_json, write_run_files
 from engine.teacher_cache import prepare_teacher_cache
 from kd import batch_request, build_distiller, fill_data_keys, uses_teacher
 from kd.base import Distiller
 from models import build_network
 from models.network import Network
 from models.partial_fc import PartialFC, class_shard
+from utility.config import get_defaults
 from utility.errors import CheckpointError, ConfigError, DistilleryError
 from utility.seed import rng_state, seed_everything, set_rng_state, worker_seed
 
 log = logging.getLogger(__name__)
+
+TEACHER_PREFIX = "teacher."  # the frozen teacher's keys in Distiller.state_dict()
 
 
 @dataclass
@@ -164,6 +171,10 @@ class Trainer:
         self.last_results: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []  # logged scalars, for curves.png
         self.writer = None
+        self.bad_samples = BadSampleCounter()  # undecodable samples skipped (data/bad_samples.py)
+        self.last_good: tuple[Path, int] | None = None  # newest checkpoint written (or resumed) from finite state
+        self.resumed: dict[str, Any] | None = None  # where --resume continued from, and the safe changes
+        self._teacher_hashes: dict[str, dict[str, str]] | None = None
 
     # -- set-up helpers -------------------------------------------------------------------------
     def _plan(self, num_samples: int) -> Plan:
@@ -267,8 +278,11 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything `--resume` needs (a collective under DDP: every rank calls it)."""
         own_rng = pack_rng(rng_state())
+        model = {k: v for k, v in self.model_state().items() if not k.startswith(TEACHER_PREFIX)}
         return {
-            "model": self.model_state(),
+            "model": model,  # the frozen teacher is identified by `teacher_files`, not stored
+            "teacher_files": self.teacher_files(),
+            "bad_samples": self.bad_samples.state_dict(),
             "optimizer": self.optimizer_state(),
             **({"init_optimizer": self.init_optimizer.state_dict()} if self.init_optimizer is not None else {}),
             "scheduler": self.scheduler.state_dict(),
@@ -282,27 +296,99 @@ class Trainer:
             "config": self.cfg.dump(),
         }
 
+    def teacher_files(self) -> dict[str, dict[str, str]]:
+        """{config key: {path, sha256}} of the frozen teacher's files (hashed once per run)."""
+        if self._teacher_hashes is None:
+            self._teacher_hashes = {}
+            if self.distiller.teacher is not None:
+                for key in ("CHECKPOINT", "HEAD_CHECKPOINT"):
+                    value = str(self.cfg.TEACHER[key] or "")
+                    if value:
+                        self._teacher_hashes[f"TEACHER.{key}"] = {"path": value, "sha256": file_sha256(value)}
+        return self._teacher_hashes
+
+    def _state_is_finite(self, state: dict[str, Any]) -> bool:
+        """Whether every float tensor of the model and optimizer state is finite (on every rank)."""
+        def finite(value: Any) -> bool:
+            if torch.is_tensor(value):
+                return not value.is_floating_point() or bool(torch.isfinite(value).all())
+            if isinstance(value, dict):
+                return all(finite(v) for v in value.values())
+            if isinstance(value, (list, tuple)):
+                return all(finite(v) for v in value)
+            return True
+
+        return not dist.any_rank_flag(not (finite(state["model"]) and finite(state["optimizer"]["state"])),
+                                      self.device)
+
+    def _last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint was written yet"
+        path, iteration = self.last_good
+        return f"the last good checkpoint is {path} (iteration {iteration})"
+
     def save(self, name: str) -> Path:
+        """Write OUTPUT_DIR/`name` from finite state only (`last.pt` keeps its predecessor as
+        `last.prev.pt`); non-finite weights stop the run with the newest good checkpoint named."""
         path = self.output_dir / name
         state = self.checkpoint_state()  # every rank: gathering sharded heads is a collective
+        if not self._state_is_finite(state):
+            raise DistilleryError(
+                f"non-finite weights or optimizer state at iteration {self.iteration}; training stopped without "
+                f"writing {name}, and {self._last_good_text()}. Lower SOLVER.LR or set SOLVER.GRAD_CLIP"
+            )
+        # last.pt's predecessor becomes last.prev.pt, unless it is this very iteration re-saved (the
+        # end of training writes again after the final evaluation): then the older one stays previous
+        rotate = name == "last.pt" and (self.last_good is None or self.last_good[1] != self.iteration)
         if self.env.is_main:
-            save_checkpoint(state, path)
+            save_checkpoint(state, path, keep_previous=rotate)
         dist.barrier()
+        if name == "last.pt":
+            self.last_good = (path, self.iteration)
         return path
 
-    def load_resume_state(self) -> None:
+    def _resume_path(self) -> Path:
         path = self.output_dir / "last.pt"
-        if not path.is_file():
-            raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
-        state = load_checkpoint(path, map_location=self.device)
-        self.load_model_state(state["model"], str(path))
-        self.load_optimizer_state(state["optimizer"])
+        if path.is_file():
+            return path
+        previous = previous_path(path)
+        if previous.is_file():  # killed between keeping the previous checkpoint and writing the new one
+            log.warning("%s is missing; resuming from the previous checkpoint %s", path, previous)
+            return previous
+        raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
+
+    def _check_teacher_files(self, recorded: dict[str, Any], origin: Path) -> None:
+        """The teacher is not stored in the checkpoint: it must be the very file the run started with."""
+        current = self.teacher_files()
+        for key, record in recorded.items():
+            now = current.get(key)
+            if now is None or now["sha256"] != record.get("sha256"):
+                raise CheckpointError(
+                    f"--resume: {key} ({record.get('path')}) is not the file {origin} was trained with (its SHA-256 "
+                    "differs); restore that teacher file or start a new run"
+                )
+
+    def load_resume_state(self) -> None:
+        path = self._resume_path()
+        state = load_training_checkpoint(path, map_location=self.device)
+        changes = check_resume_config(str(state.get("config", "")), self.cfg, get_defaults(), int(state["iteration"]),
+                                      self.plan.total_iters, str(path))
+        self._check_teacher_files(state.get("teacher_files", {}), path)
+        model = {k: v for k, v in state["model"].items() if not k.startswith(TEACHER_PREFIX)}
+        model.update({k: v for k, v in self.distiller.state_dict().items() if k.startswith(TEACHER_PREFIX)})
+        self.load_model_state(model, str(path))
+        try:
+            self.load_optimizer_state(state["optimizer"])
+        except (KeyError, ValueError, IndexError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's SOLVER.OPTIMIZER "
+                                  f"'{self.cfg.SOLVER.OPTIMIZER}' ({type(exc).__name__}: {exc})") from None
         if self.init_optimizer is not None and "init_optimizer" in state:
             self.init_optimizer.load_state_dict(state["init_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
         self.best.update(state.get("best", {}))
         self.history = list(state.get("history", []))
+        self.bad_samples.load_state_dict(state.get("bad_samples", {}))
         rng_ranks = state.get("rng_ranks") or [state["rng"]]
         if len(rng_ranks) == self.env.world_size:
             set_rng_state(unpack_rng(rng_ranks[self.env.rank]))
@@ -311,6 +397,12 @@ class Trainer:
                         self.env.world_size, len(rng_ranks))
             set_rng_state(unpack_rng(rng_ranks[0]))
             self._seed_rank_streams()
+        self.last_good = (path, self.iteration)
+        self.resumed = {"from_iteration": self.iteration, "checkpoint": str(path),
+                        "changes": {key: list(change) for key, change in changes.items()}}
+        if changes:
+            log.info("resumed with changed settings: %s",
+                     ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
     def _seed_rank_streams(self) -> None:
@@ -321,14 +413,16 @@ class Trainer:
                             self.cfg.EXPERIMENT.DETERMINISTIC)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def evaluate(self) -> dict[str, Any] | None:
-        """Evaluate the trained network (rank 0); keep `best.pt` by the main metric."""
+    def evaluate(self, periodic: bool = False) -> dict[str, Any] | None:
+        """Evaluate the trained network (rank 0); keep `best.pt` by the main metric. `periodic`: an
+        EVAL.PERIOD evaluation, which skips the large benchmarks unless their PERIODIC key asks."""
         results = None
         if self.env.is_main:
             network = self.distiller.student
             was_training = network.training
             network.eval()
-            results = evaluate(self.cfg, network, self.device, output_dir=self.output_dir)  # fp32: faithful numbers
+            results = evaluate(self.cfg, network, self.device, output_dir=self.output_dir,  # fp32: faithful numbers
+                               periodic=periodic)
             network.train(was_training)
             results["iteration"] = self.iteration
             self.last_results = results
@@ -362,7 +456,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimiser step on one CPU batch; returns the summed loss and its terms (on device)."""
-        batch = to_device(batch, self.device)
+        batch = to_device(without_skip_fields(batch), self.device)  # counted by the loop, if at all
         generator = torch.Generator(device=self.device)
         generator.manual_seed(worker_seed(self.cfg.EXPERIMENT.SEED, self.iteration, self.env.rank))
         batch = self.transform(batch, generator)
@@ -393,9 +487,16 @@ class Trainer:
         if dist.any_rank_flag(bool(flag.item()), self.device):
             described = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
             raise DistilleryError(
-                f"non-finite loss at iteration {self.iteration} ({described}); training stopped and the "
-                f"last good checkpoint is {self.output_dir / 'last.pt'}. Lower SOLVER.LR or set SOLVER.GRAD_CLIP"
+                f"non-finite loss at iteration {self.iteration} ({described}); training stopped and "
+                f"{self._last_good_text()}. Lower SOLVER.LR or set SOLVER.GRAD_CLIP"
             )
+
+    def _check_bad_samples(self) -> None:
+        """Stop every rank together once the undecodable samples pass the ceiling (recorded in run.json)."""
+        stop = dist.any_rank_flag(self.bad_samples.over_ceiling(), self.device)
+        if stop and self.env.is_main:
+            update_run_json(self.output_dir, skipped_samples=self.bad_samples.summary())
+        self.bad_samples.check(stop)
 
     def train(self) -> dict[str, Any]:
         """Train to the configured length; returns {'last': results, 'best': results, ...}."""
@@ -405,7 +506,7 @@ class Trainer:
         else:
             self._seed_rank_streams()
         if self.env.is_main:
-            write_run_files(cfg, self.output_dir, self.device, self.env.world_size, self.role)
+            write_run_files(cfg, self.output_dir, self.device, self.env.world_size, self.role, self.resumed)
         self._open_writer()
         log.info("%s training: %d iterations (%d per epoch), global batch %d, lr %.4g, device %s",
                  self.role, plan.total_iters, plan.iters_per_epoch, plan.global_batch, self.base_lr, self.device)
@@ -422,7 +523,7 @@ class Trainer:
             for batch in self.loader:
                 if self.iteration >= plan.total_iters:
                     break
-                total, terms = self.train_step(batch)
+                total, terms = self.train_step(self.bad_samples.take(batch))
                 bad |= ~torch.isfinite(total)
                 self.iteration += 1
                 seen += plan.global_batch
@@ -434,6 +535,7 @@ class Trainer:
                 at_eval = cfg.EVAL.PERIOD > 0 and self.iteration % cfg.EVAL.PERIOD == 0
                 if check_every_step or at_log or at_ckpt or at_eval:
                     self._check_finite(bad, terms)
+                    self._check_bad_samples()
                 if at_log:
                     elapsed = time.perf_counter() - tick
                     self._report(window, seen / max(elapsed, 1e-9), progress)
@@ -441,7 +543,7 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                 if at_eval and self.iteration < plan.total_iters:
-                    self.evaluate()
+                    self.evaluate(periodic=True)
                     self.model.train()
                 if at_ckpt:
                     self.save("last.pt")
@@ -455,6 +557,7 @@ class Trainer:
             write_results(summary, self.output_dir)
         if self.env.is_main:
             plot_training_curves(self.history, self.output_dir / "curves.png")
+            update_run_json(self.output_dir, skipped_samples=self.bad_samples.summary())
         if self.writer is not None:
             self.writer.close()
         return summary
@@ -475,7 +578,9 @@ class Trainer:
         values = dict(zip(names, means.tolist()))
         values["total"] = sum(values.values())
         lr = self.optimizer.param_groups[0]["lr"]
-        self._log_scalars({**{f"loss/{k}": v for k, v in values.items()}, "lr": lr, "images_per_s": images_per_s})
+        skipped = {"data/skipped_samples": float(self.bad_samples.skipped)} if self.bad_samples.skipped else {}
+        self._log_scalars({**{f"loss/{k}": v for k, v in values.items()}, "lr": lr, "images_per_s": images_per_s,
+                           **skipped})
         if progress is not None:
             progress.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()}, "lr": f"{lr:.3g}",
                                   "img/s": f"{images_per_s:.0f}"}, refresh=False)

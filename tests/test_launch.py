@@ -45,6 +45,8 @@ def test_configs_relative_to_the_caller_and_bare_overrides(tmp_path):
                                      "--", "SOLVER.LR", "0.5"])
     assert plan.configs == [caller / "demo" / "face_student.yaml"]
     assert plan.overrides == ["SOLVER.MAX_ITERS", "2", "SOLVER.LR", "0.5"] and plan.flags == ["--resume"]
+    auto = parse("student", caller, ["demo/face_student.yaml", "--resume", "auto", "--overwrite"])
+    assert auto.flags == ["--resume", "auto", "--overwrite"] and auto.overrides == []
     with pytest.raises(ConfigError, match="neither a config"):
         parse("student", ROOT, [STUDENT, "SOLVER.LR", "0.5", STUDENT])  # configs come before overrides
 

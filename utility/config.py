@@ -82,6 +82,21 @@ _C.EVAL.ROC = True  # write an ROC plot PNG per set and resolution
 _C.EVAL.PERIOD = 0  # evaluate every N iterations; 0 = only at the end
 _C.EVAL.BATCH_SIZE = 128  # evaluation batch size
 _C.EVAL.TOPK = [1, 5]  # classification accuracies reported
+_C.EVAL.IJB = CN()
+_C.EVAL.IJB.ROOT = ""  # folder holding IJBB/ and/or IJBC/ as insightface ships them; "" = no IJB evaluation
+_C.EVAL.IJB.TARGETS = ["IJBC"]  # IJB targets evaluated: IJBB, IJBC
+_C.EVAL.IJB.USE_FLIP_TEST = True  # F1: image feature = f(x) + f(flip x) (F0: f(x))
+_C.EVAL.IJB.USE_NORM_SCORE = True  # N1: keep the raw feature norm as a quality weight (N0: L2-normalise images)
+_C.EVAL.IJB.USE_DETECTOR_SCORE = True  # D1: scale image features by the detector's faceness score
+_C.EVAL.IJB.FARS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # FARs at which 1:1 TAR is reported
+_C.EVAL.IJB.ONE_TO_N = False  # also 1:N identification (needs the 1N gallery/probe csvs)
+_C.EVAL.IJB.PERIODIC = False  # also at EVAL.PERIOD evaluations during training (False: final one only, when EVAL.SETS exist)
+_C.EVAL.IJB.FEATURES_DIR = ""  # keep the raw N x 2D image features (.npy) here; "" = temporary, deleted
+_C.EVAL.TINYFACE = CN()
+_C.EVAL.TINYFACE.ROOT = ""  # folder holding tinyface/Testing_Set (and aligned_pad_0.1_pad_high); "" = none
+_C.EVAL.TINYFACE.RANKS = [1, 5, 10, 20]  # closed-set identification ranks reported
+_C.EVAL.TINYFACE.PERIODIC = False  # also at EVAL.PERIOD evaluations during training (False: final one only, when EVAL.SETS exist)
+_C.EVAL.TINYFACE.USE_FLIP_TEST = True  # feature = l2normalize(f(x) + f(flip x)) (AdaFace); False: l2normalize(f(x))
 
 # ---------------------------------------------------------------------------------------------
 _MODEL = CN()
@@ -357,6 +372,13 @@ def validate(cfg: CN, source: str = "config") -> None:
     blur = list(cfg.DATA.LOWRES.BLUR_SIGMA)
     if blur and len(blur) != 2:
         raise ConfigError(f"{source}: 'DATA.LOWRES.BLUR_SIGMA' is [] or [sigma_x, sigma_y], got {blur}")
+    unknown_targets = [t for t in cfg.EVAL.IJB.TARGETS if t not in ("IJBB", "IJBC")]
+    if unknown_targets or not cfg.EVAL.IJB.TARGETS:
+        raise ConfigError(f"{source}: 'EVAL.IJB.TARGETS' lists IJBB and/or IJBC, got {list(cfg.EVAL.IJB.TARGETS)}")
+    if not cfg.EVAL.IJB.FARS or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in cfg.EVAL.IJB.FARS):
+        raise ConfigError(f"{source}: 'EVAL.IJB.FARS' must be FARs in (0, 1], got {list(cfg.EVAL.IJB.FARS)}")
+    if not cfg.EVAL.TINYFACE.RANKS or not all(isinstance(k, int) and k >= 1 for k in cfg.EVAL.TINYFACE.RANKS):
+        raise ConfigError(f"{source}: 'EVAL.TINYFACE.RANKS' must be ranks >= 1, got {list(cfg.EVAL.TINYFACE.RANKS)}")
     if not 0.0 <= cfg.DATA.LOWRES.HR_PROB <= 1.0:
         raise ConfigError(f"{source}: 'DATA.LOWRES.HR_PROB' must lie in [0, 1]")
 

@@ -8,7 +8,20 @@ and keeps its traceback.
 
 
 class DistilleryError(Exception):
-    """A user-fixable problem; the message names the culprit and the remedy."""
+    """A user-fixable problem; the message names the culprit and the remedy.
+
+    Raised in a DataLoader worker, the error reaches the main process re-created from the worker's
+    whole traceback text; it is cut back to the original one-line message here, so the user never
+    sees the worker's traceback.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = str(message)
+        if text.startswith("Caught ") and "DataLoader worker" in text and "Traceback" in text:
+            last = text.strip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+            message = text
+        super().__init__(message, *args)
 
 
 class ConfigError(DistilleryError):
