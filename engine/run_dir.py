@@ -114,8 +114,8 @@ def _open_lock(folder: Path) -> IO[str]:
 def _decide(folder: Path, resume: str, overwrite: bool) -> bool:
     if resume == "auto":
         resumes = has_checkpoint(folder)
-        log.info("--resume auto: %s", "continuing from the checkpoint in %s" % folder if resumes
-                 else "no checkpoint in %s, starting fresh" % folder)
+        log.info("--resume auto: %s", f"continuing from the checkpoint in {folder}" if resumes
+                 else f"no checkpoint in {folder}, starting fresh")
         return resumes
     if resume == "yes":
         return True
