@@ -20,7 +20,7 @@ from data.ijb import load_ijb, meta_paths
 from data.pairs import write_bin
 from data.synthetic import face_pairs
 from data.synthetic_face_eval import write_ijb, write_tinyface
-from engine.checkpoint import FORMAT
+from engine.checkpoint import save_checkpoint
 from engine.evaluate import evaluate
 from engine.summary import Run, _scores
 from models import build_network
@@ -47,7 +47,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     network = Network(build_network(cfg.STUDENT, 1).backbone, None)
     checkpoint = base / "student.pt"
-    torch.save({"format": FORMAT, "model": {f"student.{k}": v for k, v in network.state_dict().items()}}, checkpoint)
+    save_checkpoint({"model": {f"student.{k}": v for k, v in network.state_dict().items()}}, checkpoint)
     return {"ijb": base / "ijb", "tinyface": base / "tinyface", "checkpoint": checkpoint, "base": base}
 
 

@@ -238,7 +238,7 @@ def _step(trainer, batch, seed: int) -> dict[str, torch.Tensor]:
     return {**terms, "total": total}
 
 
-def _run_case(case_id: str, roots, tmp_path, monkeypatch) -> None:
+def assert_fast_path_case(case_id: str, roots, tmp_path, monkeypatch) -> None:
     case = CASES[case_id]
     torch._dynamo.reset()
     counters.clear()
@@ -287,10 +287,10 @@ SLOW = [c for c, case in CASES.items() if not case.quick]
 
 @pytest.mark.parametrize("case_id", QUICK)
 def test_fast_path_recipe_quick(case_id, data_roots, tmp_path, monkeypatch):
-    _run_case(case_id, data_roots, tmp_path, monkeypatch)
+    assert_fast_path_case(case_id, data_roots, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case_id", SLOW)
 def test_fast_path_recipe(case_id, data_roots, tmp_path, monkeypatch):
-    _run_case(case_id, data_roots, tmp_path, monkeypatch)
+    assert_fast_path_case(case_id, data_roots, tmp_path, monkeypatch)
