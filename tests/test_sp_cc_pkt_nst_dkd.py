@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_classification_distillers import TinyNet  # the same two-network stand-in
 
 from kd import build_distiller
 from kd.cc import cc_loss
@@ -189,30 +189,6 @@ def test_teacher_side_is_not_differentiated():
 
 
 # -- the distillers ----------------------------------------------------------------------------------
-class TinyNet(nn.Module):
-    """Three conv stages (the last two halve the size), pooled vector, linear classifier."""
-
-    def __init__(self, widths):
-        super().__init__()
-        layers, channels = [], 3
-        for width, stride in zip(widths, (1, 2, 2)):
-            layers.append(nn.Sequential(nn.Conv2d(channels, width, 3, stride, 1), nn.ReLU()))
-            channels = width
-        self.layers = nn.ModuleList(layers)
-        self.fc = nn.Linear(channels, NUM_CLASSES)
-
-    def forward_features(self, x):
-        stages = []
-        for layer in self.layers:
-            x = layer(x)
-            stages.append(x)
-        pooled = x.mean(dim=(2, 3))
-        return Features(out=self.fc(pooled), stages=stages, pooled=pooled)
-
-    def forward(self, x):
-        return self.forward_features(x).out
-
-
 def _build(kind, **overrides):
     cfg = load_config(None, freeze=False)
     cfg.DATA.IMAGE_SIZE = 8
