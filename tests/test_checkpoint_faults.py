@@ -12,9 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import test_trainer  # the same tiny CIFAR run: its data fixture and config
 import torch
 
-from data.synthetic_classification import write_cifar100
 from engine.checkpoint import (
     load_checkpoint,
     load_network_weights,
@@ -27,26 +27,8 @@ from models import build_network
 from utility.config import load_config
 from utility.errors import CheckpointError, DistilleryError
 
-
-@pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar100(root, num_classes=4, train_per_class=12, test_per_class=4, seed=3)
-    return root
-
-
-def tiny_cfg(root: Path, out: Path, *extra: str):
-    """cifar.resnet8 on 4 synthetic classes (as tests/test_trainer.py)."""
-    return load_config(None, [
-        "EXPERIMENT.TASK", "classification", "EXPERIMENT.OUTPUT_DIR", str(out), "EXPERIMENT.SEED", "7",
-        "EXPERIMENT.DEVICE", "cpu", "DATA.ROOT", str(root), "DATA.TRAIN", "cifar-100-python",
-        "DATA.FORMAT", "cifar100", "DATA.COLOR", "rgb", "DATA.IMAGE_SIZE", "32", "DATA.CROP_PADDING", "4",
-        "DATA.WORKERS", "0", "DATA.MEAN", "[0.5,0.5,0.5]", "DATA.STD", "[0.25,0.25,0.25]",
-        "TEACHER.BACKBONE", "cifar.resnet8", "STUDENT.BACKBONE", "cifar.resnet8",
-        "SOLVER.BATCH_SIZE", "8", "SOLVER.MAX_ITERS", "6", "SOLVER.LR", "0.05", "SOLVER.SCHEDULE", "cosine",
-        "SOLVER.CHECKPOINT_PERIOD", "100", "LOG.PERIOD", "2", "LOG.PROGRESS", "False",
-        "LOG.TENSORBOARD", "False", "EVAL.BATCH_SIZE", "16", *extra,
-    ])
+cifar_root = test_trainer.cifar_root
+tiny_cfg = test_trainer.tiny_cfg
 
 
 def all_finite(state: dict) -> bool:
