@@ -261,21 +261,30 @@ def _resolution_means(run: Run) -> dict[str, tuple[float, float]]:
     return means
 
 
+def _mean_cell(values: list[tuple[float, float]]) -> str:
+    """One run: its mean over sets ± the binomial standard error; seeds: mean ± population std over the
+    seeds' means, then each seed's mean, so one lucky seed is visible."""
+    if len(values) == 1:
+        return f"{values[0][0]:.2f} ± {values[0][1]:.2f} s.e."
+    means = [mean for mean, _ in values]
+    return f"{np.mean(means):.2f} ± {np.std(means):.2f} sd [{', '.join(f'{m:.2f}' for m in means)}]"
+
+
 def face_means_markdown(runs: list[Run]) -> str:
-    """Face runs of one seed each: the mean over sets per resolution ± its standard error ('' otherwise)."""
+    """Face runs: per row and probe resolution, the mean accuracy over the sets ('' for other tasks)."""
     groups = labelled_groups(runs)
-    if any(len(members) > 1 for _, _, members in groups) or any(run.task != "face" for run in runs):
-        return ""  # with seeds, the table's ± (spread over seeds) is the number that matters
-    means = {row: _resolution_means(members[0]) for row, _, members in groups}
-    columns = sorted({c for values in means.values() for c in values}, key=lambda c: (len(c), c))
+    if any(run.task != "face" for run in runs):
+        return ""
+    means = {row: [_resolution_means(run) for run in members] for row, _, members in groups}
+    columns = sorted({c for per_run in means.values() for values in per_run for c in values},
+                     key=lambda c: (len(c), c))
     if not columns:
         return ""
-    lines = ["| method | " + " | ".join(f"mean @{c} ± s.e." for c in columns) + " |",
+    lines = ["| method | " + " | ".join(f"mean @{c}" for c in columns) + " |",
              "|" + "|".join("---" for _ in range(len(columns) + 1)) + "|"]
     for row, _, _ in groups:
-        values = means[row]
-        lines.append("| " + " | ".join([row] + [f"{values[c][0]:.2f} ± {values[c][1]:.2f}" if c in values else "–"
-                                               for c in columns]) + " |")
+        cells = [[values[c] for values in means[row] if c in values] for c in columns]
+        lines.append("| " + " | ".join([row] + [_mean_cell(values) if values else "–" for values in cells]) + " |")
     return "\n".join(lines)
 
 
@@ -299,8 +308,10 @@ def summary_markdown(runs: list[Run]) -> str:
                  + (" (mean ± population std)" if counts[-1] > 1 else "") + ".")
     means = face_means_markdown(runs)
     if means:
-        lines += ["", "Mean over the verification sets (last checkpoint) ± its standard error, from the pair counts "
-                  "(sqrt(p(1-p)/n) per set): a gap smaller than these is noise.", means]
+        lines += ["", "Mean over the verification sets (last checkpoint). One run: ± its standard error from the "
+                  "pair counts (sqrt(p(1-p)/n) per set), the noise of the pair sets. Several seeds: ± the population "
+                  "std of the seeds' means, then each seed's mean, the noise of training. A gap smaller than "
+                  "these is noise.", means]
     return "\n".join(lines)
 
 

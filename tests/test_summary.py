@@ -151,6 +151,48 @@ def test_face_columns_are_set_at_resolution(tmp_path):
                               f"{cell(low)} / {cell([x - 2 for x in low])}"]
 
 
+def face_sets_result(accuracies: dict[str, dict[str, float]], pairs: dict[str, int]) -> dict:
+    """results.json's face entry for several sets, with each set's pair count (what the s.e. needs)."""
+    return {"task": "face", "sets": {name: {"pairs": pairs[name], "results": {col: {"accuracy": acc, "std": 0.01}
+                                                                            for col, acc in by_col.items()}}
+                                     for name, by_col in accuracies.items()}}
+
+
+def means_table(text: str) -> dict[str, list[str]]:
+    """The rows of the 'Mean over the verification sets' table only."""
+    return table_cells(text[text.index("| method | mean @"):])
+
+
+def test_face_means_one_run_binomial_standard_error(tmp_path):
+    pairs = {"lfw": 400, "cfp_fp": 100}
+    last = face_sets_result({"lfw": {"112": 0.90, "14": 0.80}, "cfp_fp": {"112": 0.86, "14": 0.70}}, pairs)
+    best = face_sets_result({"lfw": {"112": 0.99, "14": 0.99}, "cfp_fp": {"112": 0.99, "14": 0.99}}, pairs)
+    config = {"EXPERIMENT": {"SEED": 0, "TASK": "face", "OUTPUT_DIR": "t"}, "DISTILL": {"TYPE": "none"}}
+    write_run(tmp_path / "teacher", config, best, last, role="teacher")
+    table = means_table(summary_markdown(find_runs([tmp_path])))
+    assert table["method"] == ["mean @14", "mean @112"]
+    # last checkpoint; @14: (80 + 70) / 2, sqrt(.8 * .2 / 400 + .7 * .3 / 100) / 2 = sqrt(.0025) / 2
+    # @112: (90 + 86) / 2, sqrt(.9 * .1 / 400 + .86 * .14 / 100) / 2 = sqrt(.001429) / 2
+    assert table["teacher"] == ["75.00 ± 2.50 s.e.", "88.00 ± 1.89 s.e."]
+
+
+def test_face_means_over_seeds_show_spread_and_each_seed(tmp_path):
+    pairs = {"lfw": 400, "cfp_fp": 400}
+    config = {"EXPERIMENT": {"SEED": 0, "TASK": "face", "OUTPUT_DIR": "t"}, "DISTILL": {"TYPE": "none"}}
+    teacher = face_sets_result({"lfw": {"14": 0.80}, "cfp_fp": {"14": 0.80}}, pairs)
+    write_run(tmp_path / "teacher", config, teacher, teacher, role="teacher")
+    for seed, (lfw, cfp) in {0: (0.60, 0.70), 1: (0.70, 0.80)}.items():
+        result = face_sets_result({"lfw": {"14": lfw}, "cfp_fp": {"14": cfp}}, pairs)
+        student = {"EXPERIMENT": {"SEED": seed, "TASK": "face", "OUTPUT_DIR": f"s/seed{seed}"},
+                   "DISTILL": {"TYPE": "none"}, "STUDENT": {"BACKBONE": "face.iresnet18"}}
+        write_run(tmp_path / "student" / f"seed{seed}", student, result, result)
+    table = means_table(summary_markdown(find_runs([tmp_path])))
+    # per seed the mean over sets (65, 75); then their mean 70 and population std 5
+    assert table[BASELINE] == ["70.00 ± 5.00 sd [65.00, 75.00]"]
+    # sqrt(2 * .8 * .2 / 400) / 2
+    assert table["teacher"] == ["80.00 ± 1.41 s.e."]
+
+
 def test_summary_errors_name_the_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         find_runs([tmp_path / "missing"])
