@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from kd import DISTILLERS
 from kd.base import Distiller, Probe, Step, method_names
+from models.heads import one_hot_like
 from utility.errors import ConfigError
 
 MARGINS = ("arcface", "cosface")
@@ -48,7 +49,7 @@ def margin_logits(emb_unit: Tensor, centres: Tensor, labels: Tensor, margin: str
     arccos and cos and no fallback past pi; CosFace: s (cos - m [j = y]).
     """
     cos = (emb_unit @ _unit_rows(centres).t()).clamp(-1.0, 1.0)
-    at_label = torch.zeros_like(cos).scatter_(1, labels.view(-1, 1).long(), 1.0)  # one_hot checks on the host
+    at_label = one_hot_like(cos, labels)
     if margin == "arcface":
         return s * torch.cos(torch.acos(cos) + m * at_label)
     return s * (cos - m * at_label)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from kd import DISTILLERS
 from kd.base import Distiller, Probe, Step
+from models.heads import one_hot_like
 from utility.errors import ConfigError
 
 MASK_OFFSET = 1000.0  # subtracted from the target logit (after dividing by T) to mask it out of NCKD
@@ -42,8 +43,7 @@ def dkd_loss(logits_s: Tensor, logits_t: Tensor, target: Tensor, alpha: float = 
     with torch.autocast(device_type=logits_s.device.type, enabled=False):
         z_s = logits_s.to(torch.promote_types(logits_s.dtype, torch.float32)) / t
         z_t = logits_t.detach().to(z_s.dtype) / t
-        # one-hot by scatter: F.one_hot checks the labels' range on the host (a sync every step)
-        gt = torch.zeros_like(z_s).scatter_(1, target.reshape(-1, 1).long(), 1.0)
+        gt = one_hot_like(z_s, target)
         p_s, p_t = z_s.softmax(1), z_t.softmax(1)
         target_s, target_t = (p_s * gt).sum(1, keepdim=True), (p_t * gt).sum(1, keepdim=True)
         binary_s = torch.cat([target_s, (p_s * (1 - gt)).sum(1, keepdim=True)], dim=1)

@@ -40,8 +40,10 @@ def _in_fp32(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return in_fp32
 
 
-def _one_hot_like(cosine: Tensor, labels: Tensor) -> Tensor:
-    return torch.zeros_like(cosine).scatter_(1, labels.view(-1, 1).long(), 1.0)
+def one_hot_like(logits: Tensor, labels: Tensor) -> Tensor:
+    """B x C one-hot of `labels` in `logits`' dtype and device, by scatter: F.one_hot checks the labels'
+    range with .item(), a host sync every training step."""
+    return torch.zeros_like(logits).scatter_(1, labels.reshape(-1, 1).long(), 1.0)
 
 
 def _uniform_unit_columns(in_features: int, num_classes: int) -> Tensor:
@@ -83,7 +85,7 @@ class ArcFaceHead(nn.Module):
             phi = torch.where(cosine > 0, phi, cosine)
         else:
             phi = torch.where((cosine - self.threshold) > 0, phi, cosine - self.fallback)
-        one_hot = _one_hot_like(cosine, labels)
+        one_hot = one_hot_like(cosine, labels)
         return ((one_hot * phi) + ((1.0 - one_hot) * cosine)) * self.s
 
 
@@ -102,7 +104,7 @@ class CosFaceHead(nn.Module):
         cosine = F.linear(F.normalize(embedding), F.normalize(self.weight))
         if labels is None:
             return cosine * self.s
-        return (cosine - _one_hot_like(cosine, labels) * self.m) * self.s
+        return (cosine - one_hot_like(cosine, labels) * self.m) * self.s
 
 
 @HEADS.register("adaface")
@@ -142,7 +144,7 @@ class AdaFaceHead(nn.Module):
             self.batch_std.copy_(safe_norms.std() * self.t_alpha + (1 - self.t_alpha) * self.batch_std)
         margin_scaler = (safe_norms - self.batch_mean) / (self.batch_std + self.eps)
         margin_scaler = torch.clip(margin_scaler * self.h, -1, 1)
-        one_hot = _one_hot_like(cosine, labels)
+        one_hot = one_hot_like(cosine, labels)
         angular_margin = one_hot * (self.m * margin_scaler * -1)
         theta = torch.clip(cosine.acos() + angular_margin, min=self.eps, max=math.pi - self.eps)
         additive_margin = one_hot * (self.m + self.m * margin_scaler)
@@ -191,7 +193,7 @@ class MagFaceHead(nn.Module):
         else:
             threshold = torch.cos(math.pi - margin)
             phi = torch.where(cosine > threshold, phi, cosine - torch.sin(math.pi - margin) * margin)
-        one_hot = _one_hot_like(cosine, labels)
+        one_hot = one_hot_like(cosine, labels)
         return one_hot * (self.s * phi) + (1.0 - one_hot) * (self.s * cosine)
 
 
@@ -206,4 +208,4 @@ class LinearHead(nn.Linear):
         return super().forward(embedding)
 
 
-__all__ = ["AdaFaceHead", "ArcFaceHead", "CosFaceHead", "LinearHead", "MagFaceHead"]
+__all__ = ["AdaFaceHead", "ArcFaceHead", "CosFaceHead", "LinearHead", "MagFaceHead", "one_hot_like"]
