@@ -51,7 +51,7 @@ def fsp_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
 
     feats_s, feats_t: equally long lists of N x C x H x W maps with equal channel counts position
     by position (a mismatch is a ConfigError naming DISTILL.TYPE 'fsp'). The teacher is not
-    differentiated. Returns a 0-dim float32 tensor.
+    differentiated. Returns a 0-dim float32 tensor, autocast off.
     """
     if len(feats_s) != len(feats_t) or len(feats_s) < 2:
         raise ConfigError(f"DISTILL.TYPE 'fsp': student gives {len(feats_s)} maps, teacher {len(feats_t)}; "
@@ -61,9 +61,10 @@ def fsp_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
     if channels_s != channels_t:
         raise ConfigError(f"DISTILL.TYPE 'fsp': stem + stage channels differ (student {channels_s}, teacher "
                           f"{channels_t}); FSP needs a teacher/student pair of equal widths")
-    g_s = fsp_matrices([f.float() for f in feats_s])
-    g_t = fsp_matrices([f.detach().float() for f in feats_t])
-    return torch.stack([(s - t).pow(2).mean() for s, t in zip(g_s, g_t)]).sum()
+    with torch.autocast(device_type=feats_s[0].device.type, enabled=False):  # bmm would run in bf16
+        g_s = fsp_matrices([f.float() for f in feats_s])
+        g_t = fsp_matrices([f.detach().float() for f in feats_t])
+        return torch.stack([(s - t).pow(2).mean() for s, t in zip(g_s, g_t)]).sum()
 
 
 def _maps(features: Features) -> list[Tensor]:

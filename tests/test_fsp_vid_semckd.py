@@ -64,6 +64,16 @@ def test_fsp_matches_the_formula_with_pooling_and_sums_pairs():
     assert fsp_loss(feats_s, feats_t).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_fsp_is_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    feats_s = [torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 4, 4, generator=g)]
+    feats_t = [torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 4, 4, generator=g)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the bmm would otherwise run in bf16
+        loss = fsp_loss(feats_s, feats_t)
+    assert loss.dtype == torch.float32
+    assert torch.allclose(loss, fsp_loss(feats_s, feats_t), rtol=1e-6)
+
+
 def test_fsp_channel_mismatch_is_a_clear_error():
     with pytest.raises(ConfigError, match="fsp.*channels"):
         fsp_loss([torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 2, 2)], [torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 2, 2)])
