@@ -121,6 +121,11 @@ def _cifar_case(method: str) -> Case:
 
 
 CIFAR_CASES = {f"cifar_{name}": _cifar_case(name) for name in kd.DISTILLERS.names() if name not in FACE_ONLY}
+#: FSP compares stem + stage maps channel by channel, so it needs a pair of equal widths (the recipe's
+#: resnet32x4 -> resnet8x4); CIFAR's tiny resnet8x4 -> resnet8 pair differs ([32, 64, 128, 256] vs
+#: [16, 16, 32, 64]) and is refused with a ConfigError. resnet14 -> resnet8 has equal widths.
+CIFAR_CASES["cifar_fsp"] = Case("cifar", "cifar100/fsp/resnet32x4_resnet8x4.yaml",
+                                ("TEACHER.BACKBONE", "cifar.resnet14"))
 CIFAR_CASES["cifar_dct+kd"] = Case("cifar", "cifar100/kd/resnet32x4_resnet8x4.yaml", ("DISTILL.TYPE", "dct+kd"))
 CIFAR_CASES["cifar_crd+kd"] = Case("cifar", "cifar100/crd/resnet32x4_resnet8x4.yaml", ("DISTILL.TYPE", "crd+kd"))
 SCENE_CASES = {
