@@ -124,9 +124,20 @@ def init_distributed(device_pref: str = "auto", timeout_minutes: float = 30.0) -
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
-def cleanup() -> None:
-    """Leave the process group (safe to call when there is none)."""
+def cleanup(wait_for_peers: bool = True) -> None:
+    """Leave the process group (safe to call when there is none).
+
+    After a clean finish every rank first meets the others at a barrier. A DDP wrapper keeps the
+    gloo process group alive past `destroy_process_group`, until the interpreter exits; if a worker
+    thread then still holds the last collective's work (its tensors are Python objects), releasing
+    it at exit aborts the process (SIGABRT, "terminate called without an active exception"; one
+    exit in three or four here). The barrier's own work is the last one each worker holds. After a
+    failure pass `wait_for_peers=False`: peers stuck in another collective would hold this rank
+    until the timeout.
+    """
     if dist.is_initialized():
+        if wait_for_peers and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -45,6 +45,7 @@ def run_training(config: str | None, overrides: Sequence[str], role: str, resume
     apply_thread_count(cfg)
     env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
     run_dir = None
+    finished = False
     try:
         setup_logging(None, env.rank)
         from engine.trainer import Trainer
@@ -63,15 +64,16 @@ def run_training(config: str | None, overrides: Sequence[str], role: str, resume
             report = dry_run_report(trainer)  # every rank steps (DDP collectives); rank 0 prints
             if env.is_main:
                 print(report)
-            return 0
-        summary = trainer.train()
-        if env.is_main and summary.get("last") is not None:
-            print(format_table(summary))
+        else:
+            summary = trainer.train()
+            if env.is_main and summary.get("last") is not None:
+                print(format_table(summary))
+        finished = True
         return 0
     finally:
         if run_dir is not None:
             run_dir.release()
-        dist.cleanup()
+        dist.cleanup(wait_for_peers=finished)
 
 
 def _claim_on_main(cfg: Any, env: Any, mode: str, overwrite: bool) -> tuple[RunDir | None, str | None]:
@@ -219,7 +221,7 @@ def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teache
     env = dist.init_distributed(cfg.EXPERIMENT.DEVICE)
     setup_logging(None, env.rank)
     if not env.is_main:  # evaluation is not sharded: under torchrun rank 0 alone evaluates and writes
-        dist.cleanup()
+        dist.cleanup(wait_for_peers=False)  # no collective ran, and rank 0 may evaluate for hours
         return 0
     node = cfg.TEACHER if teacher else cfg.STUDENT
     run_dir = Path(cfg.EXPERIMENT.OUTPUT_DIR)
@@ -251,5 +253,5 @@ def run_test(config: str, overrides: Sequence[str], checkpoint: str = "", teache
             networks = {"teacher": load_for_test(cfg, cfg.TEACHER, cfg.TEACHER.CHECKPOINT, env.device), **networks}
         paths = write_attention_maps(cfg, networks, attention_maps, out_dir, env.device)
         print(f"attention maps: {len(paths)} images in {paths[0].parent}")
-    dist.cleanup()
+    dist.cleanup(wait_for_peers=False)
     return 0
