@@ -45,3 +45,27 @@ def test_help_prints_usage_and_exits_0(demo_copy):
                           timeout=30)
     assert done.returncode == 0 and done.stdout.startswith("usage: bash run_demo.sh")
     assert (demo_copy / "outputs" / "demo" / "teacher" / "last.pt").exists()
+
+
+def _capability_under_the_demo_pin(environment: dict[str, str]) -> str:
+    """Run run_demo.sh's own ISA block (cut out of the script), then ask torch which kernels it uses."""
+    script = (ROOT / "run_demo.sh").read_text()
+    start = script.index("if grep -qw avx2")
+    block = script[start:script.index("\nfi\n", start) + 4]
+    probe = 'python3 -c "import torch; print(torch.backends.cpu.get_cpu_capability())"'
+    done = subprocess.run(["bash", "-c", block + probe], capture_output=True, text=True, timeout=120,
+                          env=environment)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_demo_pins_avx2_kernels_and_a_setting_of_your_own_wins():
+    """The README's table is what every AVX2 CPU prints only if AVX-512 CPUs run the AVX2 kernels too."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file() or " avx2" not in cpuinfo.read_text():
+        pytest.skip("needs an x86-64 CPU with AVX2")
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
+    assert _capability_under_the_demo_pin(clean) == "AVX2"
+    assert _capability_under_the_demo_pin({**clean, "ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
