@@ -6,6 +6,7 @@ a bad call must leave in place; a good call is the demo itself, minutes long, so
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -64,8 +65,7 @@ def test_the_demo_pins_avx2_kernels_and_a_setting_of_your_own_wins():
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file() or " avx2" not in cpuinfo.read_text():
         pytest.skip("needs an x86-64 CPU with AVX2")
-    import os
-
-    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
+    pinned = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+    clean = {name: value for name, value in os.environ.items() if name not in pinned}
     assert _capability_under_the_demo_pin(clean) == "AVX2"
     assert _capability_under_the_demo_pin({**clean, "ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
