@@ -88,15 +88,18 @@ def cross_sample_loss(feat_s: Tensor, feat_pos_s: Tensor, feat_t: Tensor, feat_p
         L = 1/2 [c(R_HH, R_HL) + c(R_HH, R_LH)] + c(R_HH, R_LL),
     R_HH = R(T, T+), R_HL = R(T, S+), R_LH = R(S, T+), R_LL = R(S, S+). Teacher inputs are detached;
     the student receives gradient through both its anchor and its partner maps. With `keep` (B bools) the
-    batch means run over the kept samples only (0 when none is kept).
+    batch means run over the kept samples only (0 when none is kept). Computed in float32 with
+    autocast off: under bf16 autocast the affinity contraction would otherwise run in bf16.
     """
-    feat_t, feat_pos_t = feat_t.detach(), feat_pos_t.detach()
-    r_hh = _affinity(feat_t, feat_pos_t)
-    r_hl = _affinity(feat_t, feat_pos_s)
-    r_lh = _affinity(feat_s, feat_pos_t)
-    r_ll = _affinity(feat_s, feat_pos_s)
-    distance = cosine_distance if keep is None else functools.partial(_masked_cosine_distance, keep=keep)
-    return 0.5 * (distance(r_hh, r_hl) + distance(r_hh, r_lh)) + distance(r_hh, r_ll)
+    with torch.autocast(device_type=feat_s.device.type, enabled=False):
+        feat_s, feat_pos_s = feat_s.float(), feat_pos_s.float()
+        feat_t, feat_pos_t = feat_t.detach().float(), feat_pos_t.detach().float()
+        r_hh = _affinity(feat_t, feat_pos_t)
+        r_hl = _affinity(feat_t, feat_pos_s)
+        r_lh = _affinity(feat_s, feat_pos_t)
+        r_ll = _affinity(feat_s, feat_pos_s)
+        distance = cosine_distance if keep is None else functools.partial(_masked_cosine_distance, keep=keep)
+        return 0.5 * (distance(r_hh, r_hl) + distance(r_hh, r_lh)) + distance(r_hh, r_ll)
 
 
 def select_partners(embeddings: np.ndarray, labels: np.ndarray, margin: float = 0.0,

@@ -175,3 +175,15 @@ def test_select_partners_follows_the_reference_rule():
     assert np.array_equal(partners, again)
     anywhere = select_partners(embeddings, labels, margin=-3.0, seed=1)
     assert ((anywhere >= 0) & (anywhere < 6)).all()
+
+
+def test_cross_sample_loss_is_float32_under_bf16_autocast():
+    """The affinity einsum would run in bf16 under autocast (the fast path's loss came back bf16)."""
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(3, 8, 4, 4, generator=g) for _ in range(4)]
+    keep = torch.tensor([True, False, True])
+    for mask in (None, keep):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = cross_sample_loss(*maps, keep=mask)
+        assert loss.dtype == torch.float32
+        assert torch.allclose(loss, cross_sample_loss(*maps, keep=mask), rtol=1e-6)
