@@ -48,6 +48,27 @@ def test_apply_writes_the_effective_switches_and_leaves_the_input_alone():
     assert resolved.is_frozen()
 
 
+@pytest.mark.parametrize("avx512, isa, refused", [(True, "", True), (True, "avx512_core", True),
+                                                    (True, "AVX2", False), (True, "avx2", False), (False, "", False)])
+def test_bf16_channels_last_is_refused_where_onednn_uses_avx512(monkeypatch, avx512, isa, refused):
+    """oneDNN's AVX-512 bf16 convolution backward on channels_last inputs corrupted the heap (torch 2.13)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: avx512)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    for overrides in (["SOLVER.FAST_PATH", "all"], ["SOLVER.FAST_PATH", "switches", "SOLVER.CHANNELS_LAST", "true"]):
+        cfg = _cfg("SOLVER.PRECISION", "bf16", *overrides)
+        if refused:
+            with pytest.raises(ConfigError, match="ONEDNN_MAX_CPU_ISA=AVX2"):
+                apply_fast_path(cfg, "cpu")
+        else:
+            assert apply_fast_path(cfg, "cpu").SOLVER.CHANNELS_LAST
+        assert apply_fast_path(cfg, torch.device("cuda")).SOLVER.CHANNELS_LAST  # GPUs are not affected
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    assert apply_fast_path(_cfg("SOLVER.FAST_PATH", "all"), "cpu").SOLVER.CHANNELS_LAST  # fp32 is fine
+    assert not apply_fast_path(_cfg("SOLVER.PRECISION", "bf16", "SOLVER.FAST_PATH", "switches",
+                                    "SOLVER.COMPILE", "true"), "cpu").SOLVER.CHANNELS_LAST
+
+
 def test_bad_fast_path_value_is_a_config_error():
     with pytest.raises(ConfigError, match="SOLVER.FAST_PATH"):
         _cfg("SOLVER.FAST_PATH", "fast")
