@@ -45,16 +45,18 @@ def rkd_loss(emb_s: Tensor, emb_t: Tensor, w_dist: float = 25.0, w_angle: float 
 
     emb_s, emb_t: (B, ...) flattened per sample; dimensions may differ. D are pairwise distance
     matrices normalised by their mean positive entry, A the B^3 angle cosines. The teacher side is
-    not differentiated. Computed in float32.
+    not differentiated. Computed in float32 with autocast off (autocast would run the Gram matrix
+    and the angle bmm in bf16 even on float32 inputs).
     """
-    s = emb_s.float().reshape(emb_s.shape[0], -1)
-    with torch.no_grad():
-        t = emb_t.detach().float().reshape(emb_t.shape[0], -1)
-        dist_t = _normalised_distances(t)
-        angle_t = _angles(t)
-    loss_dist = F.smooth_l1_loss(_normalised_distances(s), dist_t)
-    loss_angle = F.smooth_l1_loss(_angles(s), angle_t)
-    return w_dist * loss_dist + w_angle * loss_angle
+    with torch.autocast(device_type=emb_s.device.type, enabled=False):
+        s = emb_s.float().reshape(emb_s.shape[0], -1)
+        with torch.no_grad():
+            t = emb_t.detach().float().reshape(emb_t.shape[0], -1)
+            dist_t = _normalised_distances(t)
+            angle_t = _angles(t)
+        loss_dist = F.smooth_l1_loss(_normalised_distances(s), dist_t)
+        loss_angle = F.smooth_l1_loss(_angles(s), angle_t)
+        return w_dist * loss_dist + w_angle * loss_angle
 
 
 @DISTILLERS.register("rkd")

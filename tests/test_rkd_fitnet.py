@@ -119,3 +119,13 @@ def test_fitnet_distiller_weights_and_requires_hints():
     no_hints = load_config(CONFIGS / "f_skd/baselines/fitnet_cosface.yaml", ["STUDENT.HINTS", "False"])
     with pytest.raises(ConfigError, match="STUDENT.HINTS"):
         FitNet.companion(no_hints, Probe(student=student, teacher=teacher, num_classes=4))
+
+
+def test_rkd_loss_is_float32_under_bf16_autocast():
+    """Autocast would run the Gram matrix and the angle bmm in bf16 even on float32 inputs."""
+    g = torch.Generator().manual_seed(0)
+    emb_s, emb_t = torch.randn(6, 16, generator=g), torch.randn(6, 32, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = rkd_loss(emb_s, emb_t)
+    assert loss.dtype == torch.float32
+    assert torch.allclose(loss, rkd_loss(emb_s, emb_t), rtol=1e-6)
