@@ -55,7 +55,7 @@ BACKEND = os.environ.get("DISTILLERY_COMPILE_BACKEND", "aot_eager")
 #: every other registered distiller is run on CIFAR, so methods added later are picked up here
 FACE_ONLY = {"a_skd", "f_skd", "adadistill", "arcdistill", "cosdistill", "fitnet"}  # fitnet: hinted face stages
 #: bf16 tolerance of a loss term against the fp32 eager step on the same weights (8 mantissa bits, a few
-#: layers deep). Both runs use SOLVER.LR 1e-3 (LR below; 1e-4 for faces): at the recipes' rates one update on a
+#: layers deep). Both runs use SOLVER.LR 1e-3 (LR below; 1e-4 for faces; a case may set its own): at the recipes' rates one update on a
 #: loss of ~100 (RKD, A-SKD) amplifies bf16 gradient rounding into 20-60 % differences at step 2 (fp32
 #: compiled vs eager alone already differ by 0.3 % there), which would measure the recipe's chaos, not
 #: the fast path. The second step gets a slightly wider band for the update made with bf16 gradients.
@@ -108,7 +108,9 @@ FACE_CASES = {
     "f_skd_shuffle_partial_fc": Case("face", "face/f_skd/student_arcface.yaml", ("DATA.PARTNER", "shuffle", *PFC)),
     "fitnet_partial_fc": Case("face", "face/f_skd/baselines/fitnet_cosface.yaml", PFC),
     "at_partial_fc": Case("face", "face/f_skd/baselines/at_cosface.yaml", PFC),
-    "rkd_partial_fc": Case("face", "face/f_skd/baselines/rkd_arcface.yaml", PFC),
+    # RKD's mean-normalised distances over a batch of 4 are bf16-sensitive: 3.4 % off at the first step;
+    # at the second, after a 1e-4 update 10 %, after a 1e-5 update 2 % (fp32 compiled = fp32 eager exactly)
+    "rkd_partial_fc": Case("face", "face/f_skd/baselines/rkd_arcface.yaml", (*PFC, "SOLVER.LR", "0.00001")),
     "kd_face": Case("face", "demo/face_student.yaml"),
     "adadistill": Case("face", "face/adadistill/adaarcdistill_ms1mv2.yaml"),
     "adacosdistill": Case("face", "face/adadistill/adacosdistill_ms1mv2.yaml"),
@@ -177,8 +179,8 @@ def _config(case: Case, roots: dict, out: Path, mode: list[str]):
         lists = roots["scene_lists"]
         data = [*SCENE, "DATA.ROOT", str(lists["root"]), "DATA.TRAIN", str(lists["train"]),
                 "DATA.VAL", str(lists["val"])]
-    overrides = [*COMMON, *data, *case.overrides,
-                 "EXPERIMENT.OUTPUT_DIR", str(out), *LR[case.domain], *mode]
+    overrides = [*COMMON, *data, *LR[case.domain], *case.overrides,
+                 "EXPERIMENT.OUTPUT_DIR", str(out), *mode]
     cfg = load_config(path, overrides)
     if cfg.TEACHER.BACKBONE and cfg.DISTILL.TYPE != "none":  # a teacher checkpoint in the trainer's layout
         torch.manual_seed(11)
