@@ -1,4 +1,5 @@
-"""Every recipe family on the fast path: bf16 autocast + torch.compile (+ channels_last where the CPU allows), two real steps.
+"""Every recipe family on the fast path: bf16 autocast + torch.compile (+ channels_last where the CPU
+allows it), two real steps.
 
 For each method (face: A-SKD, F-SKD with both partner modes, FitNet, AT, RKD, KD, AdaDistill and
 AMLDistill, with Partial FC where the method trains a margin head; CIFAR: every classification
@@ -55,13 +56,14 @@ BACKEND = os.environ.get("DISTILLERY_COMPILE_BACKEND", "aot_eager")
 #: every other registered distiller is run on CIFAR, so methods added later are picked up here
 FACE_ONLY = {"a_skd", "f_skd", "adadistill", "arcdistill", "cosdistill", "fitnet"}  # fitnet: hinted face stages
 #: bf16 tolerance of a loss term against the fp32 eager step on the same weights (8 mantissa bits, a few
-#: layers deep). Both runs use SOLVER.LR 1e-3 (LR below; 1e-4 for faces; a case may set its own): at the recipes' rates one update on a
-#: loss of ~100 (RKD, A-SKD) amplifies bf16 gradient rounding into 20-60 % differences at step 2 (fp32
-#: compiled vs eager alone already differ by 0.3 % there), which would measure the recipe's chaos, not
-#: the fast path. The second step gets a slightly wider band for the update made with bf16 gradients.
-#: Face cases use 1e-4: their margin heads (s = 64) give gradient norms of ~200 at the stem, so even
-#: there one step moves CE from 17.3 to 11.3; at 1e-3 bf16's 10-30 % gradient rounding in the first
-#: layers left the FitNet + Partial FC step-2 CE at 9.56 against fp32's 6.01.
+#: layers deep). Both runs use a small SOLVER.LR (LR below; a case may set its own): at the recipes'
+#: rates one update on a loss of ~100 (RKD, A-SKD) amplifies bf16 gradient rounding into 20-60 %
+#: differences at step 2 (fp32 compiled vs eager alone already differ by 0.3 % there), which would
+#: measure the recipe's chaos, not the fast path. The second step gets a slightly wider band for the
+#: update made with bf16 gradients. Face cases use 1e-4, not 1e-3: their margin heads (s = 64) give
+#: gradient norms of ~200 at the stem, so even there one step moves CE from 17.3 to 11.3; at 1e-3
+#: bf16's 10-30 % gradient rounding in the first layers left the FitNet + Partial FC step-2 CE at 9.56
+#: against fp32's 6.01.
 TOLERANCES = [(5e-2, 1e-2), (8e-2, 2e-2)]
 LR = {"face": ["SOLVER.LR", "0.0001"], "cifar": ["SOLVER.LR", "0.001"], "scene": ["SOLVER.LR", "0.001"]}
 
