@@ -96,7 +96,17 @@ def is_override_key(token: str) -> bool:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call `main`, turning user errors into one line and exit status 2."""
+    """Call `main`, turning user errors into one line and exit status 2; ranks of a multi-process
+    job then leave through `engine.distributed.exit_status`."""
+    code = _user_errors_as_status(main, argv)
+    if "torch" not in sys.modules:  # --help, --list: nothing distributed ran
+        return code
+    from engine.distributed import exit_status
+
+    return exit_status(code)
+
+
+def _user_errors_as_status(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     try:
         return main(argv)
     except DistilleryError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,9 @@ from torch.nn.parallel import DistributedDataParallel
 from utility.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: set once this process has joined a process group of several ranks (see `exit_status`)
+_joined_group = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ def init_distributed(device_pref: str = "auto", timeout_minutes: float = 30.0) -
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
         log.info("process group: backend %s, rank %d/%d, device %s", backend, rank, world_size, device)
     if dist.is_initialized():
+        global _joined_group
+        _joined_group = _joined_group or dist.get_world_size() > 1
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
@@ -139,6 +145,25 @@ def cleanup(wait_for_peers: bool = True) -> None:
         if wait_for_peers and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_status(code: int) -> int:
+    """Return `code` to the caller's `sys.exit`, or, in a rank of a multi-process job, exit with it now.
+
+    A rank's interpreter teardown destroys torch's gloo process group, its TCPStore and DDP's
+    reducer in no fixed order while their C++ threads may still run; now and then that aborts a
+    rank whose work is all done (SIGABRT, "terminate called without an active exception"), which
+    torchrun reports as a failed job. The barrier in `cleanup` made it rare, not impossible. So a
+    rank that joined a group flushes its logs and standard streams (checkpoints and results are
+    already closed files) and leaves with `os._exit`, skipping the teardown. A single process exits
+    normally.
+    """
+    if not _joined_group:
+        return code
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def _active() -> bool:
