@@ -288,6 +288,51 @@ def face_means_markdown(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def _gap_cell(method: dict[Any, tuple[float, float]], baseline: dict[Any, tuple[float, float]]) -> str:
+    """A method's gap to the baseline from {seed: (mean, s.e.)} of each, over the seeds both have.
+
+    One seed: the difference ± sqrt(se_a^2 + se_b^2), the standard error of a difference of two
+    independent binomial means (the pair sets' noise). Several: the mean of the per-seed
+    differences ± its standard error over the seeds (sample std / sqrt(k): the training noise,
+    seed by seed paired), and at how many seeds the method was above the baseline.
+    """
+    seeds = sorted(set(method) & set(baseline), key=str)
+    if not seeds:
+        return "–"
+    gaps = [method[seed][0] - baseline[seed][0] for seed in seeds]
+    if len(seeds) == 1:
+        error = float(np.hypot(method[seeds[0]][1], baseline[seeds[0]][1]))
+        return f"{gaps[0]:+.2f} ± {error:.2f} s.e."
+    error = float(np.std(gaps, ddof=1)) / np.sqrt(len(gaps))
+    above = sum(gap > 0 for gap in gaps)
+    return f"{np.mean(gaps):+.2f} ± {error:.2f} s.e., above at {above} of {len(gaps)} seeds"
+
+
+def face_gaps_markdown(runs: list[Run]) -> str:
+    """Face runs: each method's gap to the one no-distillation baseline, per probe resolution the
+    baseline was evaluated at, matched by EXPERIMENT.SEED ('' without exactly one baseline row)."""
+    groups = labelled_groups(runs)
+    baselines = [members for _, method, members in groups if method == BASELINE]
+    if any(run.task != "face" for run in runs) or len(baselines) != 1:
+        return ""
+
+    def by_seed(members: list[Run]) -> dict[Any, dict[str, tuple[float, float]]]:
+        return {run.config.get("EXPERIMENT", {}).get("SEED"): _resolution_means(run) for run in members}
+
+    baseline = by_seed(baselines[0])
+    columns = sorted({c for values in baseline.values() for c in values}, key=lambda c: (len(c), c))
+    rows = [(row, by_seed(members)) for row, method, members in groups if method not in ("teacher", BASELINE)]
+    if not columns or not rows:
+        return ""
+    lines = ["| method | " + " | ".join(f"gap @{c}" for c in columns) + " |",
+             "|" + "|".join("---" for _ in range(len(columns) + 1)) + "|"]
+    for row, means in rows:
+        cells = [_gap_cell({seed: v[c] for seed, v in means.items() if c in v},
+                           {seed: v[c] for seed, v in baseline.items() if c in v}) for c in columns]
+        lines.append("| " + " | ".join([row] + cells) + " |")
+    return "\n".join(lines)
+
+
 def summary_markdown(runs: list[Run]) -> str:
     """Markdown table: one row per method, each column 'best / last' (mean ± std over seeds)."""
     rows, columns, cells = summarise(runs)
@@ -312,6 +357,12 @@ def summary_markdown(runs: list[Run]) -> str:
                   "pair counts (sqrt(p(1-p)/n) per set), the noise of the pair sets. Several seeds: ± the population "
                   "std of the seeds' means, then each seed's mean, the noise of training. A gap smaller than "
                   "these is noise.", means]
+    gaps = face_gaps_markdown(runs)
+    if gaps:
+        lines += ["", f"Gap to the {BASELINE} in points of the mean above, matched by seed. One seed: ± the "
+                  "standard error of the difference, sqrt(se_a^2 + se_b^2). Several: the mean of the per-seed "
+                  "differences ± its standard error over the seeds (sample std / sqrt(k)), and at how many "
+                  "seeds the method was above. A gap under about twice its standard error is noise.", gaps]
     return "\n".join(lines)
 
 

@@ -193,6 +193,45 @@ def test_face_means_over_seeds_show_spread_and_each_seed(tmp_path):
     assert table["teacher"] == ["80.00 ± 1.41 s.e."]
 
 
+def gaps_table(text: str) -> dict[str, list[str]]:
+    """The rows of the 'Gap to the baseline' table only."""
+    return table_cells(text[text.index("| method | gap @"):])
+
+
+def write_face_student(folder: Path, method: str, seed: int, result: dict) -> None:
+    config = {"EXPERIMENT": {"SEED": seed, "TASK": "face", "OUTPUT_DIR": f"{method}/seed{seed}"},
+              "DISTILL": {"TYPE": method}, "STUDENT": {"BACKBONE": "face.iresnet18"}}
+    write_run(folder / method / f"seed{seed}", config, result, result)
+
+
+def test_face_gap_of_one_seed_carries_both_binomial_errors(tmp_path):
+    pairs = {"lfw": 400, "cfp_fp": 100}
+    write_face_student(tmp_path, "none", 0, face_sets_result({"lfw": {"14": 0.80}, "cfp_fp": {"14": 0.70}}, pairs))
+    write_face_student(tmp_path, "kd", 0, face_sets_result({"lfw": {"14": 0.85}, "cfp_fp": {"14": 0.75}}, pairs))
+    table = gaps_table(summary_markdown(find_runs([tmp_path])))
+    assert table["method"] == ["gap @14"]
+    # baseline 75.00 ± 2.50 (as above); kd 80.00 ± sqrt(.85 * .15 / 400 + .75 * .25 / 100) / 2 = 2.3419;
+    # gap 5.00 ± sqrt(2.50^2 + 2.3419^2) = sqrt(11.7344) = 3.4256
+    assert table["kd"] == ["+5.00 ± 3.43 s.e."]
+    assert BASELINE not in table
+
+
+def test_face_gap_over_seeds_pairs_them_by_seed(tmp_path):
+    pairs = {"lfw": 400}
+    for seed, accuracy in {0: 0.70, 1: 0.80, 2: 0.75}.items():
+        write_face_student(tmp_path, "none", seed, face_sets_result({"lfw": {"14": accuracy}}, pairs))
+    for seed, accuracy in {0: 0.74, 1: 0.81, 2: 0.73, 3: 0.90}.items():  # seed 3 has no baseline: left out
+        write_face_student(tmp_path, "a_skd", seed, face_sets_result({"lfw": {"14": accuracy}}, pairs))
+    table = gaps_table(summary_markdown(find_runs([tmp_path])))
+    # per-seed gaps +4, +1, -2: mean 1; sample std sqrt((9 + 0 + 9) / 2) = 3; s.e. 3 / sqrt(3) = 1.732
+    assert table["a_skd"] == ["+1.00 ± 1.73 s.e., above at 2 of 3 seeds"]
+
+
+def test_no_gap_table_without_a_baseline(tmp_path):
+    write_face_student(tmp_path, "kd", 0, face_sets_result({"lfw": {"14": 0.85}}, {"lfw": 400}))
+    assert "| method | gap @" not in summary_markdown(find_runs([tmp_path]))
+
+
 def test_summary_errors_name_the_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         find_runs([tmp_path / "missing"])
