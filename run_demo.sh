@@ -3,7 +3,7 @@
 # without distillation and with kd, a_skd and f_skd -> one comparison table.
 #   bash run_demo.sh               one student seed (EXPERIMENT.SEED 0), about 3 minutes on 2 cores
 #   bash run_demo.sh --seeds 0 1 2 every student once per seed, into student_<method>/seed<S>; the table
-#                                  then gives mean ± std over the seeds (about 1.8 minutes per extra seed)
+#                                  then gives mean ± std over the seeds (about 1.5 minutes per extra seed)
 set -euo pipefail
 cd "$(dirname "$0")"
 usage="usage: bash run_demo.sh [--seeds S [S ...]]"
