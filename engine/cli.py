@@ -99,11 +99,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     """Call `main`, turning user errors into one line and exit status 2; ranks of a multi-process
     job then leave through `engine.distributed.exit_status`."""
     code = _user_errors_as_status(main, argv)
-    if "torch" not in sys.modules:  # --help, --list: nothing distributed ran
-        return code
-    from engine.distributed import exit_status
-
-    return exit_status(code)
+    distributed = sys.modules.get("engine.distributed")  # only a process that imported it can have joined
+    return distributed.exit_status(code) if distributed else code
 
 
 def _user_errors_as_status(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:

@@ -270,22 +270,41 @@ def _mean_cell(values: list[tuple[float, float]]) -> str:
     return f"{np.mean(means):.2f} ± {np.std(means):.2f} sd [{', '.join(f'{m:.2f}' for m in means)}]"
 
 
-def face_means_markdown(runs: list[Run]) -> str:
-    """Face runs: per row and probe resolution, the mean accuracy over the sets ('' for other tasks)."""
-    groups = labelled_groups(runs)
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+#: one run's (EXPERIMENT.SEED, {resolution: (mean %, s.e. %)})
+SeedMeans = tuple[Any, dict[str, tuple[float, float]]]
+#: per face row: (label, method, one SeedMeans per run)
+FaceMeans = list[tuple[str, str, list[SeedMeans]]]
+
+
+def _face_means(runs: list[Run]) -> FaceMeans:
+    """Every face row's per-run means over the sets ([] when any run is not a face run)."""
     if any(run.task != "face" for run in runs):
-        return ""
-    means = {row: [_resolution_means(run) for run in members] for row, _, members in groups}
-    columns = sorted({c for per_run in means.values() for values in per_run for c in values},
-                     key=lambda c: (len(c), c))
+        return []
+    def seed_means(run: Run) -> SeedMeans:
+        return run.config.get("EXPERIMENT", {}).get("SEED"), _resolution_means(run)
+
+    return [(row, method, [seed_means(run) for run in members]) for row, method, members in labelled_groups(runs)]
+
+
+def _resolutions(per_run: list[SeedMeans]) -> list[str]:
+    return sorted({c for _, values in per_run for c in values}, key=lambda c: (len(c), c))
+
+
+def face_means_markdown(rows: FaceMeans) -> str:
+    """Per row and probe resolution, the mean accuracy over the sets ('' without any)."""
+    columns = _resolutions([run for _, _, per_run in rows for run in per_run])
     if not columns:
         return ""
-    lines = ["| method | " + " | ".join(f"mean @{c}" for c in columns) + " |",
-             "|" + "|".join("---" for _ in range(len(columns) + 1)) + "|"]
-    for row, _, _ in groups:
-        cells = [[values[c] for values in means[row] if c in values] for c in columns]
-        lines.append("| " + " | ".join([row] + [_mean_cell(values) if values else "–" for values in cells]) + " |")
-    return "\n".join(lines)
+    body = []
+    for row, _, per_run in rows:
+        cells = [[values[c] for _, values in per_run if c in values] for c in columns]
+        body.append([row] + [_mean_cell(values) if values else "–" for values in cells])
+    return _markdown_table(["method"] + [f"mean @{c}" for c in columns], body)
 
 
 def _gap_cell(method: dict[Any, tuple[float, float]], baseline: dict[Any, tuple[float, float]]) -> str:
@@ -308,42 +327,36 @@ def _gap_cell(method: dict[Any, tuple[float, float]], baseline: dict[Any, tuple[
     return f"{np.mean(gaps):+.2f} ± {error:.2f} s.e., above at {above} of {len(gaps)} seeds"
 
 
-def face_gaps_markdown(runs: list[Run]) -> str:
-    """Face runs: each method's gap to the one no-distillation baseline, per probe resolution the
-    baseline was evaluated at, matched by EXPERIMENT.SEED ('' without exactly one baseline row)."""
-    groups = labelled_groups(runs)
-    baselines = [members for _, method, members in groups if method == BASELINE]
-    if any(run.task != "face" for run in runs) or len(baselines) != 1:
+def face_gaps_markdown(rows: FaceMeans) -> str:
+    """Each method's gap to the one no-distillation baseline, per probe resolution the baseline was
+    evaluated at, matched by EXPERIMENT.SEED ('' without exactly one baseline row)."""
+    baselines = [per_run for _, method, per_run in rows if method == BASELINE]
+    methods = [(row, per_run) for row, method, per_run in rows if method not in ("teacher", BASELINE)]
+    if len(baselines) != 1 or not methods:
+        return ""
+    columns = _resolutions(baselines[0])
+    if not columns:
         return ""
 
-    def by_seed(members: list[Run]) -> dict[Any, dict[str, tuple[float, float]]]:
-        return {run.config.get("EXPERIMENT", {}).get("SEED"): _resolution_means(run) for run in members}
+    def at(per_run: list[SeedMeans], column: str) -> dict[Any, tuple[float, float]]:
+        return {seed: values[column] for seed, values in per_run if column in values}
 
-    baseline = by_seed(baselines[0])
-    columns = sorted({c for values in baseline.values() for c in values}, key=lambda c: (len(c), c))
-    rows = [(row, by_seed(members)) for row, method, members in groups if method not in ("teacher", BASELINE)]
-    if not columns or not rows:
-        return ""
-    lines = ["| method | " + " | ".join(f"gap @{c}" for c in columns) + " |",
-             "|" + "|".join("---" for _ in range(len(columns) + 1)) + "|"]
-    for row, means in rows:
-        cells = [_gap_cell({seed: v[c] for seed, v in means.items() if c in v},
-                           {seed: v[c] for seed, v in baseline.items() if c in v}) for c in columns]
-        lines.append("| " + " | ".join([row] + cells) + " |")
-    return "\n".join(lines)
+    body = [[row] + [_gap_cell(at(per_run, c), at(baselines[0], c)) for c in columns]
+            for row, per_run in methods]
+    return _markdown_table(["method"] + [f"gap @{c}" for c in columns], body)
 
 
 def summary_markdown(runs: list[Run]) -> str:
     """Markdown table: one row per method, each column 'best / last' (mean ± std over seeds)."""
     rows, columns, cells = summarise(runs)
-    header = ["method"] + [f"{c} (best / last)" for c in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    body = []
     for row in rows:
         values = []
         for column in columns:
             cell = cells.get((row, column), {"best": [], "last": []})
             values.append(f"{_cell(cell['best'])} / {_cell(cell['last'])}")
-        lines.append("| " + " | ".join([row] + values) + " |")
+        body.append([row] + values)
+    lines = [_markdown_table(["method"] + [f"{c} (best / last)" for c in columns], body)]
     counts = sorted({len(v["last"]) for v in cells.values()}) or [0]
     seeds = f"{counts[-1]} seed{'s' if counts[-1] != 1 else ''} per cell"
     if len(counts) > 1:
@@ -351,13 +364,14 @@ def summary_markdown(runs: list[Run]) -> str:
     lines.append("")
     lines.append(f"Scores in %; {len(runs)} run{'s' if len(runs) != 1 else ''}; {seeds}"
                  + (" (mean ± population std)" if counts[-1] > 1 else "") + ".")
-    means = face_means_markdown(runs)
+    face = _face_means(runs)
+    means = face_means_markdown(face)
     if means:
         lines += ["", "Mean over the verification sets (last checkpoint). One run: ± its standard error from the "
                   "pair counts (sqrt(p(1-p)/n) per set), the noise of the pair sets. Several seeds: ± the population "
                   "std of the seeds' means, then each seed's mean, the noise of training. A gap smaller than "
                   "these is noise.", means]
-    gaps = face_gaps_markdown(runs)
+    gaps = face_gaps_markdown(face)
     if gaps:
         lines += ["", f"Gap to the {BASELINE} in points of the mean above, matched by seed. One seed: ± the "
                   "standard error of the difference, sqrt(se_a^2 + se_b^2). Several: the mean of the per-seed "
