@@ -85,7 +85,8 @@ def write_attention_maps(cfg: Any, networks: dict[str, nn.Module], count: int, o
 
     raw = sample_images(cfg, count)
     size = int(cfg.DATA.IMAGE_SIZE)
-    batch = normalize(torch.as_tensor(raw).to(device), cfg.DATA.MEAN, cfg.DATA.STD)
+    # a copy: the cached verification images are read-only (every evaluation shares them)
+    batch = normalize(torch.tensor(raw).to(device), cfg.DATA.MEAN, cfg.DATA.STD)
     if batch.shape[-1] != size:
         batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
     low = student_resolution(cfg)
