@@ -178,6 +178,7 @@ def _verify_one(cfg: CfgNode, emb1: np.ndarray, emb2: np.ndarray, issame: np.nda
         "std": accuracy["std"],
         "fold_accuracies": accuracy["fold_accuracies"],
         "thresholds": accuracy["thresholds"],
+        "pair_correct": "".join("1" if ok else "0" for ok in accuracy["correct"]),
         "tar": tar["tar"],
         "far": tar["far"],
         "fold_tar": tar["fold_tar"],
@@ -190,9 +191,10 @@ def evaluate_verification(cfg: CfgNode, model: nn.Module, device: torch.device |
 
     Returns {"task": "face", "protocol", "far_target", "sets": {name: {"path", "pairs", "results":
     {column: metrics}}}, "main"}; columns are "112", "28", ..., and "28 cross"; metrics hold
-    `accuracy`, `std`, `fold_accuracies`, `thresholds`, `tar`, `far`, `fold_tar`. `main` is the mean
-    accuracy over all sets and same-resolution columns (cross-resolution ones excluded), the number
-    best-checkpoint selection uses. With EVAL.ROC and an `output_dir`, writes `roc_<set>.png`.
+    `accuracy`, `std`, `fold_accuracies`, `thresholds`, `pair_correct` (one '1'/'0' per pair in pair
+    order, the record `test.py --summary` compares two runs with, pair by pair), `tar`, `far`,
+    `fold_tar`. `main` is the mean accuracy over all sets and same-resolution columns
+    (cross-resolution ones excluded), the number best-checkpoint selection uses. With EVAL.ROC and an `output_dir`, writes `roc_<set>.png`.
     """
     if not cfg.EVAL.SETS:
         raise ConfigError("EVAL.SETS is empty: list the verification sets (.bin files or pair folders)")

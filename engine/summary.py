@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -237,8 +237,17 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {float(np.std(values)):.2f}"
 
 
-def _resolution_means(run: Run) -> dict[str, tuple[float, float]]:
-    """Face: per probe resolution, (mean accuracy over the sets, its standard error), both in %.
+class SetsMean(NamedTuple):
+    """One run's mean accuracy over the verification sets at one probe resolution, in %."""
+
+    mean: float
+    error: float  # its binomial standard error
+    records: tuple[tuple[str, str], ...]  # (set, pair_correct) per set; () when a set has none
+
+
+def _resolution_means(run: Run) -> dict[str, SetsMean]:
+    """Face: per probe resolution, the mean accuracy over the sets, its standard error and the
+    pair-by-pair records.
 
     Each set's accuracy over n pairs is a binomial proportion, standard error sqrt(p (1 - p) / n);
     the mean of S sets has sqrt(sum_s p_s (1 - p_s) / n_s) / S. Read a gap between two rows as
@@ -247,26 +256,47 @@ def _resolution_means(run: Run) -> dict[str, tuple[float, float]]:
     entry = run.results.get("last") or run.results
     if entry.get("task") == "classification":
         return {}
-    by_column: dict[str, list[tuple[float, int]]] = {}
-    for data in entry.get("sets", {}).values():
+    by_column: dict[str, list[tuple[float, int, str, str | None]]] = {}
+    for name, data in entry.get("sets", {}).items():
         for column, metrics in data["results"].items():
-            by_column.setdefault(column, []).append((float(metrics["accuracy"]), int(data.get("pairs", 0))))
+            by_column.setdefault(column, []).append(
+                (float(metrics["accuracy"]), int(data.get("pairs", 0)), name, metrics.get("pair_correct")))
     means = {}
     for column, values in by_column.items():
-        if any(n <= 0 for _, n in values):
+        if any(n <= 0 for _, n, _, _ in values):
             continue
-        mean = sum(p for p, _ in values) / len(values)
-        error = float(np.sqrt(sum(p * (1 - p) / n for p, n in values))) / len(values)
-        means[column] = (100.0 * mean, 100.0 * error)
+        mean = sum(p for p, _, _, _ in values) / len(values)
+        error = float(np.sqrt(sum(p * (1 - p) / n for p, n, _, _ in values))) / len(values)
+        records = tuple((name, record) for _, n, name, record in values if record and len(record) == n)
+        means[column] = SetsMean(100.0 * mean, 100.0 * error, records if len(records) == len(values) else ())
     return means
 
 
-def _mean_cell(values: list[tuple[float, float]]) -> str:
+def paired_gap_error(method: SetsMean, baseline: SetsMean) -> float | None:
+    """Standard error (in points) of the gap between two runs scored on the same pairs, or None.
+
+    Per set, d_i = correct_a(i) - correct_b(i) over its n pairs; the gap of the mean over S sets has
+    variance sum_s var(d)_s / n_s / S^2 (var with ddof 1). Pairs both runs got right, or both wrong,
+    add no noise, so this is smaller than sqrt(se_a^2 + se_b^2), which treats the two accuracies as
+    independent. None unless both runs carry records of the same sets and lengths.
+    """
+    if not method.records or [(name, len(r)) for name, r in method.records] != [
+            (name, len(r)) for name, r in baseline.records]:
+        return None
+    variance = 0.0
+    for (_, a), (_, b) in zip(method.records, baseline.records):
+        # '1' - '1' = 0, '1' - '0' = 1, '0' - '1' = -1 in character codes
+        d = np.frombuffer(a.encode(), np.uint8).astype(float) - np.frombuffer(b.encode(), np.uint8)
+        variance += float(np.var(d, ddof=1)) / d.size if d.size > 1 else 0.0
+    return 100.0 * float(np.sqrt(variance)) / len(method.records)
+
+
+def _mean_cell(values: list[SetsMean]) -> str:
     """One run: its mean over sets ± the binomial standard error; seeds: mean ± population std over the
     seeds' means, then each seed's mean, so one lucky seed is visible."""
     if len(values) == 1:
-        return f"{values[0][0]:.2f} ± {values[0][1]:.2f} s.e."
-    means = [mean for mean, _ in values]
+        return f"{values[0].mean:.2f} ± {values[0].error:.2f} s.e."
+    means = [value.mean for value in values]
     return f"{np.mean(means):.2f} ± {np.std(means):.2f} sd [{', '.join(f'{m:.2f}' for m in means)}]"
 
 
@@ -275,8 +305,8 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-#: one run's (EXPERIMENT.SEED, {resolution: (mean %, s.e. %)})
-SeedMeans = tuple[Any, dict[str, tuple[float, float]]]
+#: one run's (EXPERIMENT.SEED, {resolution: SetsMean})
+SeedMeans = tuple[Any, dict[str, SetsMean]]
 #: per face row: (label, method, one SeedMeans per run)
 FaceMeans = list[tuple[str, str, list[SeedMeans]]]
 
@@ -307,21 +337,25 @@ def face_means_markdown(rows: FaceMeans) -> str:
     return _markdown_table(["method"] + [f"mean @{c}" for c in columns], body)
 
 
-def _gap_cell(method: dict[Any, tuple[float, float]], baseline: dict[Any, tuple[float, float]]) -> str:
-    """A method's gap to the baseline from {seed: (mean, s.e.)} of each, over the seeds both have.
+def _gap_cell(method: dict[Any, SetsMean], baseline: dict[Any, SetsMean]) -> str:
+    """A method's gap to the baseline from {seed: SetsMean} of each, over the seeds both have.
 
-    One seed: the difference ± sqrt(se_a^2 + se_b^2), the standard error of a difference of two
-    independent binomial means (the pair sets' noise). Several: the mean of the per-seed
-    differences ± its standard error over the seeds (sample std / sqrt(k): the training noise,
-    seed by seed paired), and at how many seeds the method was above the baseline.
+    One seed: the difference ± the standard error of the paired difference over the same pairs
+    (`paired_gap_error`; without pair records, sqrt(se_a^2 + se_b^2) of two independent binomial
+    means): the pair sets' noise. Several: the mean of the per-seed differences ± its standard error
+    over the seeds (sample std / sqrt(k): the training noise, seed by seed paired), and at how many
+    seeds the method was above the baseline.
     """
     seeds = sorted(set(method) & set(baseline), key=str)
     if not seeds:
         return "–"
-    gaps = [method[seed][0] - baseline[seed][0] for seed in seeds]
+    gaps = [method[seed].mean - baseline[seed].mean for seed in seeds]
     if len(seeds) == 1:
-        error = float(np.hypot(method[seeds[0]][1], baseline[seeds[0]][1]))
-        return f"{gaps[0]:+.2f} ± {error:.2f} s.e."
+        a, b = method[seeds[0]], baseline[seeds[0]]
+        paired = paired_gap_error(a, b)
+        if paired is None:
+            return f"{gaps[0]:+.2f} ± {float(np.hypot(a.error, b.error)):.2f} s.e."
+        return f"{gaps[0]:+.2f} ± {paired:.2f} s.e. (paired)"
     error = float(np.std(gaps, ddof=1)) / np.sqrt(len(gaps))
     above = sum(gap > 0 for gap in gaps)
     return f"{np.mean(gaps):+.2f} ± {error:.2f} s.e., above at {above} of {len(gaps)} seeds"
@@ -338,7 +372,7 @@ def face_gaps_markdown(rows: FaceMeans) -> str:
     if not columns:
         return ""
 
-    def at(per_run: list[SeedMeans], column: str) -> dict[Any, tuple[float, float]]:
+    def at(per_run: list[SeedMeans], column: str) -> dict[Any, SetsMean]:
         return {seed: values[column] for seed, values in per_run if column in values}
 
     body = [[row] + [_gap_cell(at(per_run, c), at(baselines[0], c)) for c in columns]
@@ -374,9 +408,11 @@ def summary_markdown(runs: list[Run]) -> str:
     gaps = face_gaps_markdown(face)
     if gaps:
         lines += ["", f"Gap to the {BASELINE} in points of the mean above, matched by seed. One seed: ± the "
-                  "standard error of the difference, sqrt(se_a^2 + se_b^2). Several: the mean of the per-seed "
-                  "differences ± its standard error over the seeds (sample std / sqrt(k)), and at how many "
-                  "seeds the method was above. A gap under about twice its standard error is noise.", gaps]
+                  "standard error of the difference: paired, from the two runs' decisions on the same pairs "
+                  "(sd of the per-pair differences / sqrt(n), over the sets), else sqrt(se_a^2 + se_b^2). "
+                  "Several: the mean of the per-seed differences ± its standard error over the seeds "
+                  "(sample std / sqrt(k)), and at how many seeds the method was above. A gap under about "
+                  "twice its standard error is noise.", gaps]
     return "\n".join(lines)
 
 

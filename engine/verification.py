@@ -108,6 +108,7 @@ def _insightface_folds(left: np.ndarray, right: np.ndarray, same: np.ndarray, fo
     dist = _insightface_distances(left, right)
     thresholds = np.arange(0, 4, 0.01)
     accuracies, best_thresholds = [], []
+    decisions = np.zeros(same.size, dtype=bool)  # per pair: right under its fold's threshold
     for test in fold_slices(same.size, folds):
         train = _train_mask(same.size, test)
         correct = _insightface_correct(dist[train], same[train], thresholds)
@@ -115,7 +116,8 @@ def _insightface_folds(left: np.ndarray, right: np.ndarray, same: np.ndarray, fo
         test_correct = _insightface_correct(dist[test], same[test], np.array([best]))[0]
         accuracies.append(float(test_correct) / float(dist[test].size))
         best_thresholds.append(float(best))
-    return accuracies, best_thresholds
+        decisions[test] = (dist[test] < best) == same[test]
+    return accuracies, best_thresholds, decisions
 
 
 def _skd_scores(left: np.ndarray, right: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -138,18 +140,22 @@ def _skd_folds(left: np.ndarray, right: np.ndarray, same: np.ndarray, folds: int
     thresholds = np.arange(-10000, 10001) * 1.0 / 10000
     thresholds_cmp = thresholds.astype(dtype)
     accuracies, best_thresholds = [], []
+    decisions = np.zeros(same.size, dtype=bool)  # per pair: right under its fold's threshold
     for test in fold_slices(same.size, folds):
         train = _train_mask(same.size, test)
         scores = _skd_scores(left, right, train)
         correct = _skd_correct(scores[train], same[train], thresholds_cmp)
         best = float(np.mean(thresholds[correct == correct.max()]))  # mean of all best thresholds
-        test_correct = _skd_correct(scores[test], same[test], np.array([best], dtype=dtype))[0]
+        threshold = np.array([best], dtype=dtype)
+        test_correct = _skd_correct(scores[test], same[test], threshold)[0]
         accuracies.append(float(test_correct) / float(scores[test].size))
         best_thresholds.append(best)
-    return accuracies, best_thresholds
+        fold_scores, fold_same = scores[test], same[test]
+        decisions[test] = np.where(fold_same, fold_scores > threshold[0], fold_scores < threshold[0])
+    return accuracies, best_thresholds, decisions
 
 
-_PROTOCOL_FOLDS: dict[str, Callable[..., tuple[list, list]]] = {
+_PROTOCOL_FOLDS: dict[str, Callable[..., tuple[list, list, np.ndarray]]] = {
     "insightface": _insightface_folds,
     "skd": _skd_folds,
 }
@@ -162,18 +168,22 @@ def verification_accuracy(emb1: np.ndarray | Tensor, emb2: np.ndarray | Tensor, 
     `emb1`, `emb2`: N x D final per-pair embeddings, flip already fused by the caller (insightface:
     summed; skd: concatenated). `folds`: contiguous blocks of the pair order, the first N % folds
     one pair longer. `protocol`: "insightface" or "skd" (see the module docstring).
-    Returns `mean` and `std` (fractions in [0, 1], std over folds with ddof 0), `fold_accuracies`
-    and the per-fold `thresholds` (squared distance for insightface, cosine for skd).
+    Returns `mean` and `std` (fractions in [0, 1], std over folds with ddof 0), `fold_accuracies`,
+    the per-fold `thresholds` (squared distance for insightface, cosine for skd) and `correct`, one
+    bool per pair (in pair order) for the decision its fold's threshold gave: two models scored on the
+    same pairs are compared pair by pair, whose standard error is smaller than that of two
+    independent accuracies (`engine.summary`).
     """
     if protocol not in _PROTOCOL_FOLDS:
         raise ValueError(f"unknown verification protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     left, right, same = _check_pairs(emb1, emb2, issame, folds)
-    accuracies, thresholds = _PROTOCOL_FOLDS[protocol](left, right, same, folds)
+    accuracies, thresholds, correct = _PROTOCOL_FOLDS[protocol](left, right, same, folds)
     return {
         "mean": float(np.mean(accuracies)),
         "std": float(np.std(accuracies)),
         "fold_accuracies": accuracies,
         "thresholds": thresholds,
+        "correct": correct.tolist(),
     }
 
 

@@ -216,6 +216,39 @@ def test_face_gap_of_one_seed_carries_both_binomial_errors(tmp_path):
     assert BASELINE not in table
 
 
+def with_records(result: dict, records: dict[str, str]) -> dict:
+    """The same entry with each set's @14 pair-by-pair record (`pair_correct`) added."""
+    for name, record in records.items():
+        result["sets"][name]["results"]["14"]["pair_correct"] = record
+    return result
+
+
+def test_face_gap_of_one_seed_is_paired_when_both_runs_carry_pair_records(tmp_path):
+    pairs = {"lfw": 10, "cfp_fp": 10}
+    same = "1010101010"
+    base = with_records(face_sets_result({"lfw": {"14": 0.6}, "cfp_fp": {"14": 0.5}}, pairs),
+                        {"lfw": "1111110000", "cfp_fp": same})
+    kd = with_records(face_sets_result({"lfw": {"14": 0.8}, "cfp_fp": {"14": 0.5}}, pairs),
+                      {"lfw": "1111111100", "cfp_fp": same})
+    write_face_student(tmp_path, "none", 0, base)
+    write_face_student(tmp_path, "kd", 0, kd)
+    table = gaps_table(summary_markdown(find_runs([tmp_path])))
+    # lfw: d = (0 x6, 1, 1, 0, 0), mean .2, var (8 x .04 + 2 x .64) / 9 = .17778, / 10 pairs; cfp_fp: d = 0.
+    # gap (20 + 0) / 2 = 10 points; s.e. sqrt(.017778 + 0) / 2 = .066667 -> 6.67 points (unpaired it is
+    # sqrt(.8 x .2 / 10 + .6 x .4 / 10 + 2 x .5 x .5 / 10) / 2 = 15.00)
+    assert table["kd"] == ["+10.00 ± 6.67 s.e. (paired)"]
+
+
+def test_face_gap_falls_back_to_independent_errors_when_records_do_not_match(tmp_path):
+    pairs = {"lfw": 10}
+    base = with_records(face_sets_result({"lfw": {"14": 0.6}}, pairs), {"lfw": "1111110000"})
+    kd = face_sets_result({"lfw": {"14": 0.8}}, pairs)  # no record (an older results.json)
+    write_face_student(tmp_path, "none", 0, base)
+    write_face_student(tmp_path, "kd", 0, kd)
+    # sqrt(.8 x .2 / 10 + .6 x .4 / 10) = .2
+    assert gaps_table(summary_markdown(find_runs([tmp_path])))["kd"] == ["+20.00 ± 20.00 s.e."]
+
+
 def test_face_gap_over_seeds_pairs_them_by_seed(tmp_path):
     pairs = {"lfw": 400}
     for seed, accuracy in {0: 0.70, 1: 0.80, 2: 0.75}.items():

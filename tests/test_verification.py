@@ -395,3 +395,30 @@ def test_pair_scores_and_plot(tmp_path):
     fpr, tpr, _ = roc_curve_points(scores, issame)
     path = plot_roc({"112 px": (fpr, tpr), "14 px": (fpr, tpr * 0.5)}, tmp_path / "roc" / "lfw.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("protocol", ["insightface", "skd"])
+def test_per_pair_decisions_add_up_to_each_folds_accuracy(protocol):
+    rng = np.random.default_rng(3)
+    n = 203  # folds of 21 and 20 pairs
+    issame = np.arange(n) % 2 == 0
+    emb1 = rng.normal(size=(n, 8))
+    emb2 = np.where(issame[:, None], emb1 + rng.normal(scale=1.0, size=(n, 8)), rng.normal(size=(n, 8)))
+    result = verification_accuracy(emb1, emb2, issame, protocol=protocol)
+    correct = np.asarray(result["correct"])
+    assert correct.shape == (n,) and correct.dtype == bool
+    stops = np.cumsum([21] * 3 + [20] * 7)
+    for fold, (start, stop) in enumerate(zip(np.r_[0, stops[:-1]], stops)):
+        assert correct[start:stop].mean() == pytest.approx(result["fold_accuracies"][fold], abs=1e-12)
+
+
+def test_per_pair_decisions_by_hand():
+    # same pairs identical (squared distance 0), different ones orthogonal (2), except same pair 7,
+    # orthogonal too: every fold's threshold lies in (0, 2], so pair 7 alone is judged "different"
+    n = 20
+    issame = np.arange(n) % 2 == 1
+    emb1 = np.tile(np.eye(4)[0], (n, 1))
+    emb2 = np.where(issame[:, None], emb1, np.eye(4)[1])
+    emb2[7] = np.eye(4)[2]
+    correct = verification_accuracy(emb1, emb2, issame)["correct"]
+    assert correct == [i != 7 for i in range(n)]
