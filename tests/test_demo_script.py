@@ -1,4 +1,4 @@
-"""`run_demo.sh` checks its arguments before it deletes or trains anything.
+"""`run_demo.sh` checks its arguments before it deletes or trains anything, pins its kernels, counts its cores.
 
 The script is copied into a scratch folder (it works in its own folder), next to an old demo output that
 a bad call must leave in place; a good call is the demo itself, minutes long, so it is not run here.
@@ -69,3 +69,14 @@ def test_the_demo_pins_avx2_kernels_and_a_setting_of_your_own_wins():
     clean = {name: value for name, value in os.environ.items() if name not in pinned}
     assert _capability_under_the_demo_pin(clean) == "AVX2"
     assert _capability_under_the_demo_pin({**clean, "ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+
+
+def test_students_run_one_per_core_whatever_omp_num_threads():
+    """`nproc` alone answers OMP_NUM_THREADS; the demo's student slots must count the cores instead."""
+    script = (ROOT / "run_demo.sh").read_text()
+    line = next(row for row in script.splitlines() if row.startswith("slots="))
+    cores = len(os.sched_getaffinity(0))
+    for threads in ("1", "7"):
+        done = subprocess.run(["bash", "-c", line + '\necho "$slots"'], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "OMP_NUM_THREADS": threads, "OMP_THREAD_LIMIT": threads})
+        assert done.returncode == 0 and done.stdout.strip() == str(cores), (threads, done.stdout, done.stderr)
