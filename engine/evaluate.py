@@ -194,7 +194,8 @@ def evaluate_verification(cfg: CfgNode, model: nn.Module, device: torch.device |
     `accuracy`, `std`, `fold_accuracies`, `thresholds`, `pair_correct` (one '1'/'0' per pair in pair
     order, the record `test.py --summary` compares two runs with, pair by pair), `tar`, `far`,
     `fold_tar`. `main` is the mean accuracy over all sets and same-resolution columns
-    (cross-resolution ones excluded), the number best-checkpoint selection uses. With EVAL.ROC and an `output_dir`, writes `roc_<set>.png`.
+    (cross-resolution ones excluded), the number best-checkpoint selection uses. With EVAL.ROC and
+    an `output_dir`, writes `roc_<set>.png`.
     """
     if not cfg.EVAL.SETS:
         raise ConfigError("EVAL.SETS is empty: list the verification sets (.bin files or pair folders)")
