@@ -256,19 +256,20 @@ def _resolution_means(run: Run) -> dict[str, SetsMean]:
     entry = run.results.get("last") or run.results
     if entry.get("task") == "classification":
         return {}
-    by_column: dict[str, list[tuple[float, int, str, str | None]]] = {}
+    by_column: dict[str, list[tuple[float, int, str, str | None]]] = {}  # (accuracy, pairs, set, record)
     for name, data in entry.get("sets", {}).items():
         for column, metrics in data["results"].items():
             by_column.setdefault(column, []).append(
                 (float(metrics["accuracy"]), int(data.get("pairs", 0)), name, metrics.get("pair_correct")))
     means = {}
     for column, values in by_column.items():
-        if any(n <= 0 for _, n, _, _ in values):
+        accuracies, counts, names, records = zip(*values)
+        if min(counts) <= 0:
             continue
-        mean = sum(p for p, _, _, _ in values) / len(values)
-        error = float(np.sqrt(sum(p * (1 - p) / n for p, n, _, _ in values))) / len(values)
-        records = tuple((name, record) for _, n, name, record in values if record and len(record) == n)
-        means[column] = SetsMean(100.0 * mean, 100.0 * error, records if len(records) == len(values) else ())
+        mean = sum(accuracies) / len(values)
+        error = float(np.sqrt(sum(p * (1 - p) / n for p, n in zip(accuracies, counts)))) / len(values)
+        complete = all(record and len(record) == n for record, n in zip(records, counts))
+        means[column] = SetsMean(100.0 * mean, 100.0 * error, tuple(zip(names, records)) if complete else ())
     return means
 
 
@@ -280,8 +281,10 @@ def paired_gap_error(method: SetsMean, baseline: SetsMean) -> float | None:
     add no noise, so this is smaller than sqrt(se_a^2 + se_b^2), which treats the two accuracies as
     independent. None unless both runs carry records of the same sets and lengths.
     """
-    if not method.records or [(name, len(r)) for name, r in method.records] != [
-            (name, len(r)) for name, r in baseline.records]:
+    def layout(run: SetsMean) -> list[tuple[str, int]]:
+        return [(name, len(record)) for name, record in run.records]
+
+    if not method.records or layout(method) != layout(baseline):
         return None
     variance = 0.0
     for (_, a), (_, b) in zip(method.records, baseline.records):

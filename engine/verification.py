@@ -113,10 +113,9 @@ def _insightface_folds(left: np.ndarray, right: np.ndarray, same: np.ndarray, fo
         train = _train_mask(same.size, test)
         correct = _insightface_correct(dist[train], same[train], thresholds)
         best = thresholds[int(np.argmax(correct))]  # the first of equally good thresholds
-        test_correct = _insightface_correct(dist[test], same[test], np.array([best]))[0]
-        accuracies.append(float(test_correct) / float(dist[test].size))
-        best_thresholds.append(float(best))
         decisions[test] = (dist[test] < best) == same[test]
+        accuracies.append(float(np.count_nonzero(decisions[test])) / float(dist[test].size))
+        best_thresholds.append(float(best))
     return accuracies, best_thresholds, decisions
 
 
@@ -146,12 +145,10 @@ def _skd_folds(left: np.ndarray, right: np.ndarray, same: np.ndarray, folds: int
         scores = _skd_scores(left, right, train)
         correct = _skd_correct(scores[train], same[train], thresholds_cmp)
         best = float(np.mean(thresholds[correct == correct.max()]))  # mean of all best thresholds
-        threshold = np.array([best], dtype=dtype)
-        test_correct = _skd_correct(scores[test], same[test], threshold)[0]
-        accuracies.append(float(test_correct) / float(scores[test].size))
+        threshold = dtype(best)  # both inequalities strict, as in _skd_correct
+        decisions[test] = np.where(same[test], scores[test] > threshold, scores[test] < threshold)
+        accuracies.append(float(np.count_nonzero(decisions[test])) / float(scores[test].size))
         best_thresholds.append(best)
-        fold_scores, fold_same = scores[test], same[test]
-        decisions[test] = np.where(fold_same, fold_scores > threshold[0], fold_scores < threshold[0])
     return accuracies, best_thresholds, decisions
 
 
